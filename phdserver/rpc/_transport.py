@@ -1,0 +1,266 @@
+"""TCP transport: accept clients, greet them, read request lines, write replies and events.
+
+This is the only module in ``rpc/`` that touches trio streams. Its policies:
+
+* **Greeting.** On accept the client gets the catch-up events (``Version`` first, ``AppState``
+  last) and joins the event bus in the same step, without a checkpoint in between, so it sees
+  every later event exactly once.
+* **One outbox per client.** Replies and events are appended to one buffer that a single writer
+  task flushes; everything queued when the writer wakes goes out in one ``send_all``. That keeps
+  ordering (an event caused by a request precedes its reply) and makes pipelined requests cheap.
+* **Bounded memory.** A request line is at most ``max_line`` bytes. When a client stops reading,
+  its reader pauses once ``pause_bytes`` of replies are pending; if events alone push the outbox
+  past ``drop_bytes`` the client is dropped (logged), so a stuck client never stalls the others.
+* **Requests run in order** per connection, as PHD2 runs them; a handler that waits delays only
+  its own connection.
+* **Idle clients are never closed.** A peer's EOF or reset ends only its own connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from ._bus import EventBus
+from ._codec import INTERNAL_ERROR, Batch, decode_line, encode_error
+from ._dispatch import Dispatcher
+from ._framing import DEFAULT_MAX_LINE, OVERSIZE, LineSplitter
+from .events import Event
+
+__all__ = ["Connection", "ServerLimits", "serve_event_server"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_RECEIVE_SIZE = 65536
+
+
+class ServerLimits:
+    """Per-connection limits (plain values; one instance shared by all connections)."""
+
+    __slots__ = ("drop_bytes", "flush_timeout", "max_line", "pause_bytes")
+
+    def __init__(
+        self,
+        *,
+        max_line: int = DEFAULT_MAX_LINE,
+        pause_bytes: int = 1 << 20,
+        drop_bytes: int = 16 << 20,
+        flush_timeout: float = 5.0,
+    ) -> None:
+        self.max_line = max_line
+        self.pause_bytes = pause_bytes
+        self.drop_bytes = drop_bytes
+        self.flush_timeout = flush_timeout
+
+
+class _Outbox:
+    """Bytes waiting to be written to one client."""
+
+    __slots__ = ("chunks", "closed", "drained", "overflowed", "size", "wakeup")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.wakeup = trio.Event()
+        self.drained = trio.Event()
+        self.closed = False
+        self.overflowed = False
+
+    def put(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        self.wakeup.set()
+
+    def take(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.size = 0
+        self.wakeup = trio.Event()
+        return data
+
+
+class Connection:
+    """One client: a reader loop (this task) and a writer task."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        dispatcher: Dispatcher,
+        limits: ServerLimits,
+        logger: Any,
+    ) -> None:
+        self._stream = stream
+        self._dispatcher = dispatcher
+        self._limits = limits
+        self._log = logger
+        self._outbox = _Outbox()
+
+    def push_event(self, line: bytes) -> None:
+        """Bus subscriber: queue an event line, or mark the client for dropping."""
+        outbox = self._outbox
+        if outbox.overflowed:
+            return
+        if outbox.size + len(line) > self._limits.drop_bytes:
+            outbox.overflowed = True
+            outbox.wakeup.set()
+            return
+        outbox.put(line)
+
+    def queue(self, data: bytes) -> None:
+        self._outbox.put(data)
+
+    async def run(self) -> None:
+        """Serve until the peer goes away; never raises for a broken peer."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, nursery.cancel_scope)
+                try:
+                    await self._read_loop()
+                finally:
+                    # Flush what is queued, but never wait forever for a client that
+                    # stopped reading.
+                    self._outbox.closed = True
+                    self._outbox.wakeup.set()
+                    nursery.cancel_scope.deadline = (
+                        trio.current_time() + self._limits.flush_timeout
+                    )
+        finally:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await trio.aclose_forcefully(self._stream)
+
+    async def _read_loop(self) -> None:
+        try:
+            await self._read_requests()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the peer reset or closed the connection
+
+    async def _read_requests(self) -> None:
+        splitter = LineSplitter(self._limits.max_line)
+        dispatcher = self._dispatcher
+        outbox = self._outbox
+        pause_bytes = self._limits.pause_bytes
+        receive_some = self._stream.receive_some
+        while True:
+            data = await receive_some(_RECEIVE_SIZE)
+            if not data:
+                return
+            for item in splitter.feed(data):
+                if item is OVERSIZE:
+                    outbox.put(_too_big(self._limits.max_line))
+                    continue
+                assert isinstance(item, bytes)
+                message = decode_line(item)
+                if type(message) is Batch:
+                    reply = await dispatcher.run(message)
+                else:
+                    reply = dispatcher.start(message)
+                    if reply is not None and type(reply) is not bytes:
+                        reply = await reply
+                if reply is not None:
+                    outbox.put(reply + b"\r\n")
+            if outbox.overflowed:
+                return
+            while outbox.size > pause_bytes and not outbox.overflowed:
+                outbox.drained = trio.Event()
+                await outbox.drained.wait()
+
+    async def _write_loop(self, cancel_scope: trio.CancelScope) -> None:
+        outbox = self._outbox
+        send_all = self._stream.send_all
+        try:
+            while True:
+                if not outbox.chunks:
+                    if outbox.overflowed:
+                        self._log.warning("client too slow for its events; dropping it")
+                        break
+                    if outbox.closed:
+                        break
+                    await outbox.wakeup.wait()
+                    continue
+                data = outbox.take()
+                await send_all(data)
+                outbox.drained.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            outbox.drained.set()
+        if outbox.overflowed or not outbox.closed:
+            cancel_scope.cancel()
+
+
+def _too_big(max_line: int) -> bytes:
+    return encode_error(INTERNAL_ERROR, f"too big (request line over {max_line} bytes)") + b"\r\n"
+
+
+def _peer_address(stream: trio.abc.Stream) -> str:
+    socket = getattr(stream, "socket", None)
+    if socket is None:
+        return "?"
+    try:
+        host, *_ = socket.getpeername()
+    except OSError:
+        return "?"
+    return str(host)
+
+
+def _allowed(address: str, allow: Sequence[IPNetwork] | None) -> bool:
+    if not allow:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in allow)
+
+
+async def serve_event_server(
+    dispatcher: Dispatcher,
+    bus: EventBus,
+    greeting: Callable[[], Sequence[Event]],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 4400,
+    limits: ServerLimits | None = None,
+    allow: Sequence[IPNetwork] | None = None,
+    logger: Any = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``host:port`` (port 0 picks a free one) and serve clients until cancelled.
+
+    ``task_status.started`` reports the listeners, so a caller can read the bound address.
+    """
+    limits = limits or ServerLimits()
+    log = logger if logger is not None else structlog.get_logger("phdserver.rpc")
+    # A deep accept backlog: PHD2's backlog of 5 loses clients that connect all at once.
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        peer = _peer_address(stream)
+        conn_log = log.bind(peer=peer)
+        if not _allowed(peer, allow):
+            conn_log.warning("connection refused by the allow list")
+            await trio.aclose_forcefully(stream)
+            return
+        connection = Connection(stream, dispatcher, limits, conn_log)
+        connection.queue(bus.encode_all(greeting()))
+        unsubscribe = bus.subscribe(connection.push_event)
+        conn_log.debug("client connected")
+        try:
+            await connection.run()
+        except Exception:
+            # A bug must cost one connection, never the server.
+            conn_log.exception("connection failed")
+        finally:
+            unsubscribe()
+            conn_log.debug("client disconnected")
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(listeners)
+        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
