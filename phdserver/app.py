@@ -21,6 +21,7 @@ from phdserver.api import build_method_table
 from phdserver.cameras.factory import create_camera
 from phdserver.config import Config, Profile
 from phdserver.errors import Refused
+from phdserver.imaging import warm_up
 from phdserver.library import CalibrationPaths
 from phdserver.library.atomic import remove_stale_temp_files
 from phdserver.operations import (
@@ -153,6 +154,8 @@ class App:
         """Run the event server and every background service until cancelled or shut down."""
         server = self.config.server
         await trio.to_thread.run_sync(self._clean_data_dir)
+        # numba compiles (or loads its cache) holding the GIL: do it before serving anyone.
+        await trio.to_thread.run_sync(warm_up)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.operations.run)
             await nursery.start(self.equipment.run)

@@ -41,9 +41,11 @@ _BUFFERED_MODES = ("median", "sigma_clip")
 MAX_FRAMES = (2**32 - 1) // 65535
 # Rows per tile when a result is computed piecewise.
 DEFAULT_TILE_ROWS = 64
-# Median/MAD clip: reject |x - median| > _CLIP_SIGMAS · _MAD_TO_SIGMA · MAD (ccdproc's mad_std).
+# Median/MAD clip: reject |x - median| > _CLIP_SIGMAS · _MAD_TO_SIGMA · MAD. The factor is
+# 1 / Φ⁻¹(3/4), the "1.4826" of a Gaussian, to full precision as astropy's ``mad_std`` (which
+# ccdproc uses) has it, so our clip makes the same decisions as ccdproc's.
 _CLIP_SIGMAS = 3.0
-_MAD_TO_SIGMA = 1.4826
+_MAD_TO_SIGMA = 1.482602218505602
 
 CancelCheck = Callable[[], None]
 
@@ -263,7 +265,7 @@ def _combine_rows(
 
     Twice the median, ``med2``, is an exact integer, and so are the doubled deviations
     ``|2x - med2|`` whose middle ranks give 4·MAD. The floats then compared
-    (``|x - median| <= 3 · (1.4826 · MAD)``) are formed exactly as numpy would form them from
+    (``|x - median| <= 3 · (1.482602… · MAD)``) are formed exactly as numpy would form them from
     ``np.median``, so the result equals the plain numpy recipe bit for bit.
     """
     n, _, width = stack.shape
@@ -332,7 +334,8 @@ class BufferedStacker:
     **rounded half up** to ``uint16``.
 
     ``"sigma_clip"``: per pixel, ``median`` and ``sigma = 1.4826 · MAD`` (MAD = median of
-    ``|x - median|``, ccdproc's ``mad_std``); values with ``|x - median| > 3 · sigma`` are
+    ``|x - median|``; the factor is 1/Φ⁻¹(3/4) = 1.482602218505602, astropy's ``mad_std`` as
+    ccdproc uses it); values with ``|x - median| > 3 · sigma`` are
     rejected and the survivors averaged, rounded half up. When MAD is 0 only the values equal
     to the median survive (there always are some). With N < 3 it is the plain mean, rounded half
     up. We clip around the median and MAD rather than the mean and standard deviation because a

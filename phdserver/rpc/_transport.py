@@ -18,6 +18,7 @@ This is the only module in ``rpc/`` that touches trio streams. Its policies:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -134,10 +135,9 @@ class Connection:
                 await trio.aclose_forcefully(self._stream)
 
     async def _read_loop(self) -> None:
-        try:
+        # The peer resetting or closing the connection ends it quietly.
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._read_requests()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the peer reset or closed the connection
 
     async def _read_requests(self) -> None:
         splitter = LineSplitter(self._limits.max_line)

@@ -51,7 +51,7 @@ def _ref_sigma_clip(frames: np.ndarray) -> np.ndarray:
         return _half_up(values.sum(axis=0), len(frames))
     med = np.median(frames, axis=0)
     mad = np.median(np.abs(values - med), axis=0)
-    keep = np.abs(values - med) <= 3.0 * (1.4826 * mad)
+    keep = np.abs(values - med) <= 3.0 * (1.482602218505602 * mad)
     return _half_up((values * keep).sum(axis=0), keep.sum(axis=0))
 
 

@@ -62,7 +62,8 @@ async def test_unknown_method(client: LineClient) -> None:
 
 
 async def test_batch_reply_is_one_line(client: LineClient) -> None:
-    await client.send_raw(b'[{"method":"get_app_state","id":201},{"method":"get_exposure","id":202},'
+    await client.send_raw(b'[{"method":"get_app_state","id":201},'
+                          b'{"method":"get_exposure","id":202},'
                           b'{"method":"get_paused"},{"method":"nope","id":"x"}]\r\n')
     line = await client.read_line()
     assert orjson.loads(line) == [
@@ -124,7 +125,7 @@ async def test_set_exposure_events_come_before_the_reply(client: LineClient) -> 
 
 
 async def test_a_slow_reader_does_not_stall_other_clients(server: tuple[App, int]) -> None:
-    app, port = server
+    _, port = server
     slow = await LineClient.connect(port)
     fast = await LineClient.connect(port)
     # The slow client pipelines requests and never reads its replies.
