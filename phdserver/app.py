@@ -182,7 +182,11 @@ class App:
     def _clean_data_dir(self) -> None:
         directory = self.calibration_paths.directory
         if directory.exists():
-            for path in remove_stale_temp_files(directory):
+            leftovers = [*remove_stale_temp_files(directory)]
+            for staged in directory.glob(".*.staged"):
+                staged.unlink(missing_ok=True)
+                leftovers.append(staged)
+            for path in leftovers:
                 self.log.warning("removed a temporary file left by an interrupted save",
                                  path=str(path))
         spool = self.data_dir / "spool"

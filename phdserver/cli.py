@@ -177,8 +177,7 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"phdserver: {exc}", file=sys.stderr)
         return 2
-    log = configure_logging(config.log_format if config.log_format != "console" else "auto",
-                            config.log_level)
+    log = configure_logging(config.log_format, config.log_level)
     from phdserver.app import App
 
     try:

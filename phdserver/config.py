@@ -13,7 +13,7 @@ Example::
     allow = ["192.168.1.0/24"]
 
     [log]
-    format = "console"              # or "json"
+    format = "auto"                 # console on a terminal, else JSON; or "console", "json"
     level = "info"
 
     [[profile]]
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 CAMERA_TYPES = ("simulator", "indi", "controller")
-LOG_FORMATS = ("console", "json")
+LOG_FORMATS = ("auto", "console", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -116,7 +116,7 @@ class Config:
     profiles: tuple[Profile, ...] = (Profile(id=1, name="Simulator"),)
     selected_profile_id: int = 1
     data_dir: Path = field(default_factory=lambda: default_data_dir())
-    log_format: str = "console"
+    log_format: str = "auto"
     log_level: str = "info"
 
     def __post_init__(self) -> None:

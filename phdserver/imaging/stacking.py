@@ -26,7 +26,9 @@ import numpy as np
 
 __all__ = [
     "COMBINE_MODES",
+    "MAX_FRAMES",
     "BufferedStacker",
+    "CancelCheck",
     "MeanStacker",
     "MinMaxMeanStacker",
     "Stacker",
@@ -34,7 +36,6 @@ __all__ = [
 ]
 
 COMBINE_MODES: tuple[str, ...] = ("mean", "median", "minmax_mean", "sigma_clip")
-_STREAMING_MODES = ("mean", "minmax_mean")
 _BUFFERED_MODES = ("median", "sigma_clip")
 
 # A uint32 sum of uint16 frames cannot overflow below this many frames.
