@@ -198,8 +198,7 @@ class DarkMethods:
     @rpc_method("cancel_dark_library_build", OPERATION_ID)
     async def cancel_dark_library_build(self, operation_id: int) -> dict[str, Any]:
         """Cancel a build; the previous library is left untouched."""
-        snapshot_of_kind(self._app, operation_id, Kind.DARK_LIBRARY)
-        return await cancel_and_wait(self._app, operation_id)
+        return await cancel_and_wait(self._app, operation_id, Kind.DARK_LIBRARY)
 
     @rpc_method("load_dark_library")
     async def load_dark_library(self) -> dict[str, Any]:

@@ -95,8 +95,7 @@ class DefectMethods:
     @rpc_method("cancel_defect_map_build", OPERATION_ID)
     async def cancel_defect_map_build(self, operation_id: int) -> dict[str, Any]:
         """Cancel a build; the previous map is left untouched."""
-        snapshot_of_kind(self._app, operation_id, Kind.DEFECT_MAP)
-        return await cancel_and_wait(self._app, operation_id)
+        return await cancel_and_wait(self._app, operation_id, Kind.DEFECT_MAP)
 
     @rpc_method("get_defect_map_status")
     def get_defect_map_status(self) -> dict[str, Any]:

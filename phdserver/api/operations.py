@@ -72,9 +72,12 @@ def snapshot_of_kind(app: App, op_id: int, kind: Kind) -> OperationSnapshot:
     return snapshot
 
 
-async def cancel_and_wait(app: App, op_id: int) -> dict[str, Any]:
-    """Cancel, then wait (briefly) for the operation to end so the reply says how it ended."""
-    snapshot = app.operations.get(op_id)
+async def cancel_and_wait(app: App, op_id: int, kind: Kind | None = None) -> dict[str, Any]:
+    """Cancel, then wait (briefly) for the operation to end so the reply says how it ended.
+
+    With ``kind``, an id of another kind of operation is an invalid parameter.
+    """
+    snapshot = app.operations.get(op_id) if kind is None else snapshot_of_kind(app, op_id, kind)
     if snapshot.done:
         return {"operation_id": op_id, "cancelled": False, "status": snapshot.status}
     app.operations.cancel(op_id)

@@ -27,6 +27,7 @@ from phdserver.rpc.events import (
     SingleFrameComplete,
 )
 
+from ._background import BackgroundTasks
 from .camera_lock import CameraHolder, CameraLock
 from .equipment import Equipment
 from .loaded_calibration import LoadedCalibration
@@ -45,7 +46,7 @@ class CaptureService:
         self._calibration = calibration
         self._publish = publish
         self._log = logger if logger is not None else structlog.get_logger("phdserver.capture")
-        self._nursery: trio.Nursery | None = None
+        self._tasks = BackgroundTasks()
         self._loop_scope: trio.CancelScope | None = None
         self._single_frame_active = False
         self.last_frame: Frame | None = None
@@ -54,13 +55,8 @@ class CaptureService:
         """PHD2's limit frame: looping captures only this region (None: the whole sensor)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        """Own the nursery this service starts its tasks in, until cancelled."""
+        await self._tasks.run(task_status=task_status)
 
     @property
     def looping(self) -> bool:
@@ -74,7 +70,8 @@ class CaptureService:
     def start_loop(self) -> None:
         if self.looping:
             return
-        if not self._equipment.connected or self._nursery is None:
+        nursery = self._tasks.nursery
+        if not self._equipment.connected or nursery is None:
             raise Refused("could not start looping")
         if self._single_frame_active:
             raise Refused("could not start looping: a single frame is being captured")
@@ -86,7 +83,7 @@ class CaptureService:
         scope = trio.CancelScope()
         self._loop_scope = scope
         self.frame_number = 0
-        self._nursery.start_soon(self._loop, scope, holder)
+        nursery.start_soon(self._loop, scope, holder)
 
     def stop(self) -> None:
         if self._loop_scope is not None:
@@ -123,13 +120,14 @@ class CaptureService:
             raise Refused("cannot capture single frame when camera is not connected")
         if self.capturing:
             raise Refused("cannot capture single frame when capture is currently active")
-        if self._nursery is None:
+        nursery = self._tasks.nursery
+        if nursery is None:
             raise Refused("cannot capture single frame: server is shutting down")
         holder = CameraHolder(description="single frame capture")
         self._lock.acquire(holder)
         self._single_frame_active = True
         exposure = exposure_ms or self._equipment.configured_exposure_ms
-        self._nursery.start_soon(self._single, holder, exposure, binning, gain, subframe,
+        nursery.start_soon(self._single, holder, exposure, binning, gain, subframe,
                                  path if save else None, save_frame)
 
     async def _single(self, holder: CameraHolder, exposure_ms: int, binning: int | None,

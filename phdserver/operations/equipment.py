@@ -20,6 +20,8 @@ from phdserver.config import CameraSettings, Profile
 from phdserver.errors import Refused
 from phdserver.rpc.events import ConfigurationChange, Event, GuideParamChange
 
+from ._background import BackgroundTasks
+
 __all__ = ["STANDARD_DURATIONS_MS", "CameraFactory", "Equipment"]
 
 STANDARD_DURATIONS_MS = (
@@ -42,18 +44,12 @@ class Equipment:
         self._log = logger if logger is not None else structlog.get_logger("phdserver.camera")
         self._camera: Camera | None = None
         self._exposure_ms = profile.exposure_ms
-        self._nursery: trio.Nursery | None = None
+        self._tasks = BackgroundTasks()
         self._camera_scope: trio.CancelScope | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the nursery for camera background tasks until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        """Own the nursery this service starts its tasks in, until cancelled."""
+        await self._tasks.run(task_status=task_status)
 
     # -- profile and camera ----------------------------------------------------------------
     @property
@@ -97,7 +93,8 @@ class Equipment:
             camera = self._factory(self._profile.camera)
             background = getattr(camera, "run", None)
             if background is not None:
-                if self._nursery is None:
+                nursery = self._tasks.nursery
+                if nursery is None:
                     raise RuntimeError("equipment is not running")
                 scope = trio.CancelScope()
 
@@ -105,7 +102,7 @@ class Equipment:
                     with scope:
                         await background(task_status=task_status)
 
-                await self._nursery.start(run_camera)
+                await nursery.start(run_camera)
                 self._camera_scope = scope
             self._camera = camera
         return self._camera

@@ -34,6 +34,7 @@ from phdserver.errors import InvalidParams, PhdError
 from phdserver.library.atomic import atomic_write_bytes
 from phdserver.rpc.events import Event, OperationFinished, OperationProgress
 
+from ._background import BackgroundTasks
 from .lifecycle import (
     CANCELLED,
     COMPLETED,
@@ -202,7 +203,7 @@ class OperationRegistry:
         self._running: dict[int, OperationHandle] = {}
         self._history: dict[int, OperationSnapshot] = {}
         self._next_id = 1
-        self._nursery: trio.Nursery | None = None
+        self._tasks = BackgroundTasks()
         self._save_lock = trio.Lock()
         self._load()
 
@@ -246,14 +247,8 @@ class OperationRegistry:
 
     # -- running -------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the nursery operations run in, until cancelled (which cancels them all)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        """Own the nursery this service starts its tasks in, until cancelled."""
+        await self._tasks.run(task_status=task_status)
 
     def reserve_id(self) -> int:
         """Hand out the next id (persisted by the :meth:`start` that uses it)."""
@@ -265,7 +260,8 @@ class OperationRegistry:
                     message: str = "starting",
                     details: dict[str, Any] | None = None) -> OperationSnapshot:
         """Register an operation, persist its id, and start it in the background."""
-        if self._nursery is None:
+        nursery = self._tasks.nursery
+        if nursery is None:
             raise RuntimeError("the operation registry is not running")
         if op_id is None:
             op_id = self.reserve_id()
@@ -278,7 +274,7 @@ class OperationRegistry:
         await self._save()
         handle.log.info("operation started")
         handle._emit_progress()
-        self._nursery.start_soon(self._execute, handle, runner)
+        nursery.start_soon(self._execute, handle, runner)
         return snapshot
 
     async def _execute(self, handle: OperationHandle, runner: Runner) -> None:
