@@ -6,7 +6,8 @@ types and ranges, and are compared with ``protocol/methods.json`` by a test, so 
 cannot drift from the code.
 
 JSON types are checked strictly: ``true`` is not an integer, ``2.5`` is not an integer, ``2.0``
-is accepted as the integer 2 (some clients send every number as a float). Unknown named
+is accepted as the integer 2 (some clients send every number as a float), and 0 and 1 are
+accepted as booleans, as PHD2 accepts them. Unknown named
 parameters are ignored, as PHD2 ignores them.
 """
 
@@ -137,9 +138,11 @@ def _coerce(param: Param, value: Any) -> Any:
             raise param.invalid(value)
         return value
     if kind == "boolean":
-        if not isinstance(value, bool):
-            raise param.invalid(value)
-        return value
+        if isinstance(value, bool):
+            return value
+        if type(value) is int and value in (0, 1):  # PHD2 reads 0 and 1 as booleans
+            return bool(value)
+        raise param.invalid(value)
     if kind == "string":
         if not isinstance(value, str):
             raise param.invalid(value)

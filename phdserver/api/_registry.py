@@ -27,6 +27,9 @@ class MethodSpec:
     params: tuple[Param, ...]
     summary: str
     call: Callable[..., Any]
+    object_in_array: bool = False
+    """Also accept the named form wrapped in an array, ``[{...}]`` (PHD2 takes
+    ``set_lock_shift_params`` that way)."""
 
     def handler(self) -> Callable[[Any], Any]:
         """A dispatcher handler: raw params in, the call's outcome out."""
@@ -39,17 +42,27 @@ class MethodSpec:
 
             return no_params
 
+        if self.object_in_array:
+
+            def unwrapping(raw: Any) -> Any:
+                if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], dict):
+                    raw = raw[0]
+                return call(**bind(raw, params))
+
+            return unwrapping
+
         def with_params(raw: Any) -> Any:
             return call(**bind(raw, params))
 
         return with_params
 
 
-def rpc_method(name: str, *params: Param, summary: str = "") -> Callable[[F], F]:
+def rpc_method(name: str, *params: Param, summary: str = "",
+               object_in_array: bool = False) -> Callable[[F], F]:
     """Mark a method as the handler of JSON-RPC method ``name``."""
 
     def mark(function: F) -> F:
-        setattr(function, _SPEC_ATTRIBUTE, (name, tuple(params), summary))
+        setattr(function, _SPEC_ATTRIBUTE, (name, tuple(params), summary, object_in_array))
         return function
 
     return mark
@@ -64,7 +77,7 @@ def collect(*areas: object) -> dict[str, MethodSpec]:
             marker = getattr(function, _SPEC_ATTRIBUTE, None)
             if marker is None:
                 continue
-            name, params, summary = marker
+            name, params, summary, object_in_array = marker
             if name in specs:
                 raise ValueError(f"JSON-RPC method {name!r} declared twice")
             doc = (function.__doc__ or "").strip().split("\n\n")[0]
@@ -73,6 +86,7 @@ def collect(*areas: object) -> dict[str, MethodSpec]:
                 params=params,
                 summary=summary or " ".join(doc.split()),
                 call=getattr(area, attribute),
+                object_in_array=object_in_array,
             )
     return specs
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import trio
 
-from phdserver.errors import InvalidParams
+from phdserver.errors import InvalidParams, Refused
 from phdserver.library.atomic import atomic_write_bytes
 
 from ._params import Param
@@ -102,7 +102,10 @@ class AppMethods:
             "profiles": [_profile_json(p) for p in app.profiles],
         }
         data = orjson.dumps(document, option=orjson.OPT_INDENT_2)
-        await trio.to_thread.run_sync(atomic_write_bytes, path, data)
+        try:
+            await trio.to_thread.run_sync(atomic_write_bytes, path, data)
+        except OSError as exc:
+            raise Refused(f"export settings failed: {exc}") from None
         return {"filename": str(path)}
 
 

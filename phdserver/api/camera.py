@@ -103,11 +103,10 @@ class CameraMethods:
     def set_limit_frame(self, roi: list[int] | None) -> int:
         """Limit looping frames to a region, or lift the limit with null."""
         if roi is not None and self._app.equipment.connected:
-            info = self._app.equipment.info
-            if roi[0] + roi[2] > info.width or roi[1] + roi[3] > info.height:
+            width, height = self.get_camera_frame_size()
+            if roi[0] + roi[2] > width or roi[1] + roi[3] > height:
                 raise InvalidParams(
-                    f"invalid roi: {roi} is outside the {info.width}x{info.height} sensor",
-                    param="roi")
+                    f"invalid roi: {roi} is outside the {width}x{height} frame", param="roi")
         self._app.capture.limit_frame = (
             None if roi is None else Subframe(x=roi[0], y=roi[1], width=roi[2], height=roi[3])
         )
@@ -160,7 +159,10 @@ class CameraMethods:
         if frame is None:
             raise Refused("no image available", code=2)
         path = self._new_image_path("save_image")
-        await trio.to_thread.run_sync(self._save_frame, frame, path)
+        try:
+            await trio.to_thread.run_sync(self._save_frame, frame, path)
+        except OSError as exc:
+            raise Refused(f"error saving image: {exc}", code=3) from None
         return {"filename": str(path)}
 
     def _new_image_path(self, stem: str) -> Path:
@@ -180,7 +182,7 @@ class CameraMethods:
     @rpc_method("get_cooler_status")
     async def get_cooler_status(self) -> dict[str, Any]:
         """``{coolerOn, temperature}`` plus ``setpoint`` and ``power`` while cooling."""
-        status = await self._cooler_status()
+        status = await self._cooler_status("failed to get cooler status")
         out: dict[str, Any] = {"coolerOn": status.cooler_on,
                                "temperature": round(status.temperature_c, 1)}
         if status.cooler_on and status.setpoint_c is not None:
@@ -195,19 +197,19 @@ class CameraMethods:
         equipment = self._app.equipment
         camera = equipment.camera
         if not camera.info.has_cooler:
-            raise Refused("camera has no cooler")
+            raise Refused("camera lacks a cooler")
         await camera.set_cooler(enabled, equipment.profile.cooler_setpoint_c)
         return 0
 
     @rpc_method("get_ccd_temperature")
     async def get_ccd_temperature(self) -> dict[str, float]:
         """The sensor temperature in °C."""
-        status = await self._cooler_status()
+        status = await self._cooler_status("failed to get sensor temperature")
         return {"temperature": round(status.temperature_c, 1)}
 
-    async def _cooler_status(self) -> Any:
+    async def _cooler_status(self, failure: str) -> Any:
         camera = self._app.equipment.camera
         try:
             return await camera.cooler_status()
         except PhdError as exc:
-            raise Refused(f"failed to get camera temperature: {exc.message}") from None
+            raise Refused(f"{failure}: {exc.message}") from None

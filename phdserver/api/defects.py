@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from phdserver.errors import Refused
+from phdserver.library import defect_map_compatibility_problem
 from phdserver.operations import (
     DefectMapRequest,
     Kind,
@@ -146,6 +149,10 @@ class DefectMethods:
         active = active_operation(app, Kind.DEFECT_MAP)
         if active is not None:
             raise Refused(f"a defect map build (operation {active.id}) is running")
-        app.equipment.camera  # noqa: B018 - raises "camera not connected"
-        return await refine_defect_map(app.build_context(), hot_aggressiveness,
-                                       cold_aggressiveness)
+        context = app.build_context()  # raises "camera not connected"
+        problem = await trio.to_thread.run_sync(
+            lambda: defect_map_compatibility_problem(
+                paths.defect_master, width=context.frame_shape[1], height=context.frame_shape[0]))
+        if problem is not None:
+            raise Refused(problem)
+        return await refine_defect_map(context, hot_aggressiveness, cold_aggressiveness)

@@ -11,6 +11,7 @@ mistakes are reported as such.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,53 @@ def _rate(value: list[Any]) -> list[float]:
     ):
         raise InvalidParams("invalid rate: expected [ra_or_x, dec_or_y] numbers", param="rate")
     return [float(v) for v in value]
+
+
+def _units(value: str) -> str:
+    """PHD2 ignores case and also accepts "arc-sec/hr"."""
+    canonical = {"arcsec/hr": "arcsec/hr", "arc-sec/hr": "arcsec/hr", "pixels/hr": "pixels/hr"}
+    try:
+        return canonical[value.lower()]
+    except KeyError:
+        raise InvalidParams(f'invalid units: "{value}", expected arcsec/hr or pixels/hr',
+                            param="units") from None
+
+
+def _lock_axes(value: str) -> str:
+    canonical = {"ra/dec": "RA/Dec", "x/y": "X/Y"}
+    try:
+        return canonical[value.lower()]
+    except KeyError:
+        raise InvalidParams(f'invalid axes: "{value}", expected RA/Dec or X/Y',
+                            param="axes") from None
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A case-insensitive choice returning the canonical spelling (PHD2 ignores case)."""
+    by_lower = {c.lower(): c for c in choices}
+
+    def check(value: str) -> str:
+        try:
+            return by_lower[value.lower()]
+        except KeyError:
+            raise InvalidParams(f'invalid {name}: "{value}", expected one of '
+                                f"{', '.join(choices)}", param=name) from None
+
+    return check
+
+
+def _direction(value: str) -> str:
+    if value.lower() not in DIRECTIONS:
+        raise InvalidParams(f'invalid direction: "{value}", expected one of N, S, E, W, '
+                            "north, south, east, west, up, down, left, right",
+                            param="direction")
+    return value
+
+
+def _axis(value: str) -> str:
+    if value.lower() not in AXES:
+        raise InvalidParams(f'invalid axis: "{value}", expected ra, dec, x or y', param="axis")
+    return value
 
 
 SETTLE = Param(name="settle", type="object", check=_settle)
@@ -95,7 +143,7 @@ class GuidingMethods:
         return 15
 
     @rpc_method("get_calibration_data", Param(name="which", type="string", default="mount",
-                                              choices=("mount", "ao", "Mount", "AO")))
+                                              check=_one_of("which", ("mount", "ao"))))
     def get_calibration_data(self, which: str) -> dict[str, Any]:
         """Not calibrated (no mount)."""
         return {"calibrated": False}
@@ -121,8 +169,9 @@ class GuidingMethods:
     @rpc_method(
         "set_lock_shift_params",
         Param(name="rate", type="array", check=_rate),
-        Param(name="units", type="string", choices=("arcsec/hr", "pixels/hr")),
-        Param(name="axes", type="string", choices=("RA/Dec", "X/Y")),
+        Param(name="units", type="string", check=lambda u: _units(u)),
+        Param(name="axes", type="string", check=lambda a: _lock_axes(a)),
+        object_in_array=True,
     )
     def set_lock_shift_params(self, rate: list[float], units: str, axes: str) -> int:
         """Store lock-shift rates (used by comet-tracking sequences)."""
@@ -135,7 +184,8 @@ class GuidingMethods:
         """The stored declination guide mode (PHD2's default is Auto)."""
         return self._settings.dec_guide_mode
 
-    @rpc_method("set_dec_guide_mode", Param(name="mode", type="string", choices=DEC_GUIDE_MODES))
+    @rpc_method("set_dec_guide_mode",
+                Param(name="mode", type="string", check=_one_of("mode", DEC_GUIDE_MODES)))
     def set_dec_guide_mode(self, mode: str) -> int:
         """Store the declination guide mode."""
         self._settings = replace(self._settings, dec_guide_mode=mode)
@@ -238,7 +288,8 @@ class GuidingMethods:
         "guide_pulse",
         Param(name="amount", type="integer"),
         Param(name="direction", type="string", check=lambda d: _direction(d)),
-        Param(name="which", type="string", default="mount", choices=("mount", "ao")),
+        Param(name="which", type="string", default="mount",
+              check=_one_of("which", ("mount", "ao"))),
     )
     def guide_pulse(self, amount: int, direction: str, which: str) -> int:
         """Refused: there is no mount to pulse."""
@@ -261,17 +312,3 @@ class GuidingMethods:
     def set_algo_param(self, axis: str, name: str, value: float) -> int:
         """Refused: guide algorithms belong to a mount."""
         raise Refused(f"no guide algorithm: {NO_MOUNT}")
-
-
-def _direction(value: str) -> str:
-    if value.lower() not in DIRECTIONS:
-        raise InvalidParams(f'invalid direction: "{value}", expected one of N, S, E, W, '
-                            "north, south, east, west, up, down, left, right",
-                            param="direction")
-    return value
-
-
-def _axis(value: str) -> str:
-    if value.lower() not in AXES:
-        raise InvalidParams(f'invalid axis: "{value}", expected ra, dec, x or y', param="axis")
-    return value

@@ -45,12 +45,13 @@ async def start_camera_operation(
     if not app.equipment.connected:
         raise Refused("camera not connected")
     label = KIND_LABELS[kind]
-    op_id = app.operations.reserve_id()
-    holder = CameraHolder(description=label, operation_id=op_id)
+    # Name the id in the lock before consuming it, so a refused start uses up no id.
+    holder = CameraHolder(description=label, operation_id=app.operations.next_id)
     try:
         app.lock.acquire(holder)
     except Refused as exc:
         raise Refused(f"cannot start the {label}: {exc.message}") from None
+    op_id = app.operations.reserve_id()
 
     async def runner(handle: OperationHandle) -> dict[str, Any] | None:
         with app.lock.holding(holder):
@@ -83,7 +84,9 @@ async def cancel_and_wait(app: App, op_id: int, kind: Kind | None = None) -> dic
     app.operations.cancel(op_id)
     with trio.move_on_after(CANCEL_WAIT_S):
         snapshot = await app.operations.wait_finished(op_id)
-    return {"operation_id": op_id, "cancelled": True, "status": snapshot.status}
+    # A cancel that arrives while the result is being saved lets the save finish.
+    cancelled = snapshot.status == "cancelled" or not snapshot.done
+    return {"operation_id": op_id, "cancelled": cancelled, "status": snapshot.status}
 
 
 def active_operation(app: App, kind: Kind) -> OperationSnapshot | None:

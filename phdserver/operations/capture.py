@@ -21,6 +21,7 @@ from phdserver.cameras.base import Frame, FrameType, Subframe
 from phdserver.errors import PhdError, Refused
 from phdserver.rpc.events import (
     Alert,
+    ConfigurationChange,
     Event,
     LoopingExposures,
     LoopingExposuresStopped,
@@ -126,6 +127,7 @@ class CaptureService:
         holder = CameraHolder(description="single frame capture")
         self._lock.acquire(holder)
         self._single_frame_active = True
+        self._publish(ConfigurationChange())  # PHD2 sends it before the reply
         exposure = exposure_ms or self._equipment.configured_exposure_ms
         nursery.start_soon(self._single, holder, exposure, binning, gain, subframe,
                                  path if save else None, save_frame)

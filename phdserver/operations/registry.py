@@ -80,7 +80,7 @@ class OperationSnapshot:
             "operation_id": self.id,
             "kind": self.kind,
             "status": self.status,
-            "progress": round(self.progress, 1),
+            "progress": float(round(self.progress, 1)),
             "status_message": self.message,
             "created": round(self.created, 3),
             "details": self.details,
@@ -113,6 +113,8 @@ class OperationHandle:
         self._registry = registry
         self._snapshot = snapshot
         self._last_emit = -1e9
+        self._last_emitted: OperationSnapshot | None = None
+        self._flush_pending = False
         self.scope = trio.CancelScope()
         self.finished = trio.Event()
         self.log = registry.log.bind(op_id=snapshot.id, kind=snapshot.kind)
@@ -135,9 +137,23 @@ class OperationHandle:
 
     def update(self, *, progress: float | None = None, message: str | None = None,
                **details: Any) -> None:
-        """Report progress within a stage; announced at most twice a second."""
+        """Report progress within a stage; announced at most twice a second.
+
+        An update that comes too soon after the last announcement is announced at the end of
+        the interval instead (trailing edge), so the latest message is never left unsent
+        while a long exposure runs.
+        """
         self._update(progress=progress, message=message, **details)
-        if trio.current_time() - self._last_emit >= PROGRESS_INTERVAL_S:
+        wait = self._last_emit + PROGRESS_INTERVAL_S - trio.current_time()
+        if wait <= 0:
+            self._emit_progress()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            self._registry.call_later(wait, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._snapshot.status not in TERMINAL and self._snapshot != self._last_emitted:
             self._emit_progress()
 
     def _update(self, *, status: str | None = None, message: str | None = None,
@@ -159,11 +175,11 @@ class OperationHandle:
 
     def _emit_progress(self) -> None:
         self._last_emit = trio.current_time()
-        s = self._snapshot
+        s = self._last_emitted = self._snapshot
         self._registry.publish(
             OperationProgress(
                 OperationId=s.id, Kind=s.kind, Status=s.status,
-                Progress=round(s.progress, 1), Message=s.message,
+                Progress=float(round(s.progress, 1)), Message=s.message,
             )
         )
 
@@ -250,6 +266,23 @@ class OperationRegistry:
         """Own the nursery this service starts its tasks in, until cancelled."""
         await self._tasks.run(task_status=task_status)
 
+    @property
+    def next_id(self) -> int:
+        """The id the next :meth:`reserve_id` will hand out."""
+        return self._next_id
+
+    def call_later(self, delay_s: float, function: Callable[[], None]) -> None:
+        """Run ``function`` after ``delay_s`` seconds in the registry's nursery."""
+        nursery = self._tasks.nursery
+        if nursery is None:
+            return
+
+        async def later() -> None:
+            await trio.sleep(delay_s)
+            function()
+
+        nursery.start_soon(later)
+
     def reserve_id(self) -> int:
         """Hand out the next id (persisted by the :meth:`start` that uses it)."""
         op_id = self._next_id
@@ -302,7 +335,7 @@ class OperationRegistry:
             handle.log.info("operation finished", status=status, error=error)
             self.publish(OperationProgress(
                 OperationId=final.id, Kind=final.kind, Status=final.status,
-                Progress=round(final.progress, 1), Message=final.message,
+                Progress=float(round(final.progress, 1)), Message=final.message,
             ))
             self.publish(OperationFinished(
                 OperationId=final.id, Kind=final.kind, Status=final.status, Error=final.error,

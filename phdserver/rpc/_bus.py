@@ -38,6 +38,7 @@ class EventBus:
     ) -> None:
         self._instance = instance
         self._host = host if host is not None else short_hostname()
+        self._host_json = orjson.dumps(self._host)
         self._clock = clock
         self._subscribers: dict[int, Subscriber] = {}
         self._next_token = 0
@@ -49,15 +50,17 @@ class EventBus:
         return len(self._subscribers)
 
     def encode(self, event: Event) -> bytes:
-        """One CRLF-terminated line: ``Event``, ``Timestamp``, ``Host``, ``Inst``, fields."""
-        document = {
-            "Event": event.NAME,
-            "Timestamp": round(self._clock(), 3),
-            "Host": self._host,
-            "Inst": self._instance,
-        }
-        document.update(event.wire_fields())
-        return orjson.dumps(document) + b"\r\n"
+        """One CRLF-terminated line: ``Event``, ``Timestamp``, ``Host``, ``Inst``, fields.
+
+        The timestamp always has three decimals, as PHD2 writes it (``%.3f``).
+        """
+        head = (b'{"Event":' + orjson.dumps(event.NAME)
+                + b',"Timestamp":' + b"%.3f" % self._clock()
+                + b',"Host":' + self._host_json + b',"Inst":' + b"%d" % self._instance)
+        fields = event.wire_fields()
+        if not fields:
+            return head + b"}\r\n"
+        return head + b"," + orjson.dumps(fields)[1:] + b"\r\n"
 
     def encode_all(self, events: Iterable[Event]) -> bytes:
         return b"".join(self.encode(event) for event in events)

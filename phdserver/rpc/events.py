@@ -23,14 +23,11 @@ __all__ = [
     "ConfigurationChange",
     "Event",
     "GuideParamChange",
-    "LockPositionLost",
-    "LockPositionSet",
     "LoopingExposures",
     "LoopingExposuresStopped",
     "OperationFinished",
     "OperationProgress",
     "SingleFrameComplete",
-    "StarSelected",
     "Version",
     "all_event_types",
 ]
@@ -82,23 +79,7 @@ class AppState(Event):
     State: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LockPositionSet(Event):
-    NAME: ClassVar[str] = "LockPositionSet"
-    X: float
-    Y: float
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LockPositionLost(Event):
-    NAME: ClassVar[str] = "LockPositionLost"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StarSelected(Event):
-    NAME: ClassVar[str] = "StarSelected"
-    X: float
-    Y: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,1 @@
+"""Tests of the INDI client and camera against Debian's indiserver."""

@@ -1,0 +1,1 @@
+"""Test INDI drivers and the harness that runs indiserver in a private network namespace."""
