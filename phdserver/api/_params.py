@@ -75,7 +75,7 @@ class Param:
         kind = {
             "integer": "an integer",
             "number": "a number",
-            "boolean": "true or false",
+            "boolean": "true or false (or 1 or 0)",
             "string": "a string",
             "array": "an array",
             "object": "an object",

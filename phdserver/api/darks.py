@@ -182,7 +182,7 @@ class DarkMethods:
             "operation_id": snapshot.id,
             "status": snapshot.status,
             "status_message": snapshot.message,
-            "progress": round(snapshot.progress, 1),
+            "progress": float(round(snapshot.progress, 1)),
             "current_exposure_index": details.get("current_exposure_index", 0),
             "current_frame": details.get("current_frame", 0),
             "total_exposures": details.get("total_exposures", 0),

@@ -83,7 +83,7 @@ class DefectMethods:
         out: dict[str, Any] = {
             "operation_id": snapshot.id,
             "status": snapshot.status,
-            "progress": round(snapshot.progress, 1),
+            "progress": float(round(snapshot.progress, 1)),
             "frames_captured": details.get("frames_captured", 0),
             "total_frames": details.get("total_frames", 0),
             "message": snapshot.message,

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
 import multiprocessing
 import os
 import threading
@@ -75,8 +74,12 @@ from phdserver.library.calibration_io import (
     read_master,
     write_calibrated,
 )
-from phdserver.library.fits_headers import FITS_SUFFIXES, FrameMetadata, FrameType
-from phdserver.library.fits_headers import metadata_from_header as _metadata
+from phdserver.library.fits_headers import (
+    FITS_SUFFIXES,
+    FrameMetadata,
+    FrameType,
+    metadata_from_header,
+)
 from phdserver.library.masters_db import MasterRecord, MastersDB
 from phdserver.library.matching import AmbiguousMatch, MatchPolicy, MatchResult, match_masters
 
@@ -233,7 +236,7 @@ class BatchReport:
     def to_json(self) -> dict[str, Any]:
         return {"outcomes": [o.to_json() for o in self.outcomes], "cancelled": self.cancelled,
                 "dry_run": self.dry_run, "elapsed_s": self.elapsed_s,
-                **{s.value: self.count(s) for s in FrameStatus}}
+                "counts": {s.value: self.count(s) for s in FrameStatus}}
 
 
 def find_lights(paths: Iterable[Path], *, recursive: bool = False,
@@ -275,7 +278,8 @@ def plan_batch(
         problem: str | None = None
         try:
             header = read_light_header(light)
-            meta = _metadata(header, path=light, default_longitude_deg=default_longitude_deg)
+            meta = metadata_from_header(header, path=light,
+                                        default_longitude_deg=default_longitude_deg)
             if header.get("CALIBRAT") is True:
                 problem = "already calibrated (CALIBRAT = T)"
             elif meta.frame_type not in (None, FrameType.LIGHT):
@@ -420,10 +424,10 @@ def _drive(pool: Executor, tasks: list[tuple[int, FrameTask]], limit: int,
             try:
                 running[pool.submit(calibrate_frame, task)] = (index, task)
             except RuntimeError as exc:  # a broken or shut-down executor
-                collector.add(index, _outcome(task, FrameStatus.FAILED, f"not submitted: {exc}"))
-                for index, task in reversed(queue):
-                    collector.add(index, _outcome(task, FrameStatus.FAILED,
-                                                  f"not submitted: {exc}"))
+                queue.append((index, task))
+                for left_index, left_task in reversed(queue):
+                    collector.add(left_index, _outcome(left_task, FrameStatus.FAILED,
+                                                       f"not submitted: {exc}"))
                 queue.clear()
         if not running:
             break
@@ -470,9 +474,7 @@ def calibrate_frame(task: FrameTask) -> FrameOutcome:
             _check_unchanged(ref)
         light = read_light(Path(task.light))
         terms = _terms(task.bias, task.dark, task.flat, task.light_exposure_s, light.zero)
-        if light.data.shape != terms.shape:
-            raise LibraryError(f"the light is {light.data.shape[1]}x{light.data.shape[0]}, its "
-                               f"masters {terms.shape[1]}x{terms.shape[0]}")
+        _check_shape(light.data.shape, terms.shape)
         out = np.empty(terms.shape, ">f4")
         calibrate(light.data, terms, out=out)
         quality = quality_figures(out)
@@ -502,6 +504,12 @@ def clear_worker_cache() -> None:
     _terms.cache_clear()
 
 
+def _check_shape(light: tuple[int, ...], masters: tuple[int, int]) -> None:
+    if light != masters:
+        raise LibraryError(f"the light is {light[-1]}x{light[0]}, its masters are "
+                           f"{masters[1]}x{masters[0]}")
+
+
 def _check_unchanged(ref: MasterRef) -> None:
     try:
         st = os.stat(ref.path)
@@ -518,12 +526,8 @@ def _terms(bias: MasterRef | None, dark: MasterRef | None, flat: MasterRef | Non
     def load(ref: MasterRef | None) -> np.ndarray | None:
         return None if ref is None else read_master(Path(ref.path), ref.hdu)[0]
 
-    dark_data = load(dark)
-    if dark is not None and dark.exposure_s is not None and light_exposure_s is not None and (
-            not math.isclose(light_exposure_s, dark.exposure_s, rel_tol=1e-12)):
-        pass  # scaled: MasterTerms computes the ratio from the two exposures
     terms = MasterTerms.from_masters(
-        bias=load(bias), dark=dark_data, flat=load(flat), light_exposure_s=light_exposure_s,
+        bias=load(bias), dark=load(dark), flat=load(flat), light_exposure_s=light_exposure_s,
         dark_exposure_s=dark.exposure_s if dark else None,
         dark_includes_bias=not (dark.bias_subtracted if dark else False))
     return terms.with_input_zero(zero)

@@ -65,7 +65,7 @@ _STRUCTURAL = frozenset({
 })
 # Our provenance keywords: dropped from the input header so an output never carries two.
 _PROVENANCE = frozenset({
-    "CALIBRAT", "CALDATE", "CALSOFT", "BIASMAST", "DARKMAST", "FLATMAST", "BIASHASH",
+    "CALIBRAT", "CALDATE", "CALSOFT", "CALHASH", "BIASMAST", "DARKMAST", "FLATMAST", "BIASHASH",
     "DARKHASH", "FLATHASH", "DARKSCAL", "FLATMED", "CALNBADF", "CALMED", "CALNOISE",
     "CALNEGFR", "CALNANFR",
 })
@@ -222,10 +222,12 @@ def calibrated_header(
         ("CALDATE", date.strftime("%Y-%m-%dT%H:%M:%S"), "UTC time of calibration"),
         ("CALSOFT", provenance.software, "calibration software"),
     ]
+    if provenance.masters:
+        cards.append(("CALHASH", "SHA-256", "algorithm of the *HASH master checksums"))
     for use in provenance.masters:
         prefix = use.kind.upper()[:4]
         cards.append((f"{prefix}MAST", use.name, f"master {use.kind} applied"))
-        cards.append((f"{prefix}HASH", use.checksum, f"SHA-256 of the master {use.kind} file"))
+        cards.append((f"{prefix}HASH", use.checksum, ""))  # 64 hex digits leave no room
     if provenance.dark_scale is not None:
         cards.append(("DARKSCAL", float(provenance.dark_scale), "dark scaled by t_light/t_dark"))
     if provenance.flat_median is not None:

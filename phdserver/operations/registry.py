@@ -159,7 +159,8 @@ class OperationHandle:
     def _update(self, *, status: str | None = None, message: str | None = None,
                 progress: float | None = None, **details: Any) -> None:
         old = self._snapshot
-        new_progress = old.progress if progress is None else max(old.progress, min(progress, 100))
+        new_progress = float(old.progress if progress is None
+                             else max(old.progress, min(progress, 100)))
         if status != COMPLETED and new_progress >= 100:
             new_progress = 99.9
         merged = {**old.details, **details} if details else old.details
