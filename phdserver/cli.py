@@ -190,16 +190,17 @@ def serve(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    log.info("signal received", signal=signal.Signals(signum).name)
+                    app.shutdown_requested.set()
+                    return
+
             async with trio.open_nursery() as nursery:
-                await nursery.start(app.serve)
-
-                async def watch_signals() -> None:
-                    async for signum in signals:
-                        log.info("signal received", signal=signal.Signals(signum).name)
-                        app.shutdown_requested.set()
-                        return
-
                 nursery.start_soon(watch_signals)
+                await app.serve()  # returns after a signal or the shutdown method
+                nursery.cancel_scope.cancel()
 
     try:
         trio.run(main)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from tests.support import LineClient, make_config, running_server
@@ -49,7 +50,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def test_serve_process_starts_answers_and_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["signal", "shutdown"])
+async def test_serve_process_starts_answers_and_stops(tmp_path: Path, how: str) -> None:
     port = free_port()
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "phdserver", "serve", "--port", str(port), "--data-dir",
@@ -66,7 +68,12 @@ async def test_serve_process_starts_answers_and_stops(tmp_path: Path) -> None:
         client = await LineClient.connect(port)
         assert await client.call("get_app_state") == "Stopped"
         await client.aclose()
-        process.send_signal(signal.SIGTERM)
+        if how == "signal":
+            process.send_signal(signal.SIGTERM)
+        else:
+            client = await LineClient.connect(port)
+            assert await client.call("shutdown") == 0
+            await client.aclose()
         with trio.fail_after(15):
             assert await process.wait() == 0
     finally:
