@@ -58,9 +58,11 @@ __all__ = [
 
 
 def warm_up() -> None:
-    """Compile, or load from numba's on-disk cache, every numba kernel of this package.
+    """Compile, or load from numba's on-disk cache, the stacking, filter and defect kernels.
 
-    Measured here: about 2-4 s on a cold cache, about 0.5 s from the cache, all with the GIL held.
+    Measured on this 2-core machine: 8-15 s on a cold cache, 0.4-1.6 s from the cache, all with
+    the GIL held, so run it before the server accepts clients. (``calibration.warm_up`` covers
+    the light-calibration kernel separately.)
     """
     _median_filter.warm_up()
     frames = np.zeros((3, 4, 4), np.uint16)

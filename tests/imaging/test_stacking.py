@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -281,6 +282,26 @@ def test_cancel_check_exception_propagates(mode: str) -> None:
     with pytest.raises(_Stop):
         stacker.result(cancel)
     assert len(calls) == 2
+
+
+async def test_trio_cancellation_stops_a_median_between_tiles() -> None:
+    """The intended use: result() in a worker thread with trio's check_cancelled."""
+    stacker = BufferedStacker(np.zeros((3, 40, 3), np.uint16), "median", tile_rows=4)
+    for _ in range(3):
+        stacker.add(np.ones((40, 3), np.uint16))
+    calls = 0
+    with trio.CancelScope() as scope:
+
+        def check() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                trio.from_thread.run_sync(scope.cancel)
+            trio.from_thread.check_cancelled()
+
+        await trio.to_thread.run_sync(stacker.result, check)
+    assert scope.cancelled_caught
+    assert calls == 2
 
 
 # --- validation --------------------------------------------------------------------------------
