@@ -19,6 +19,7 @@ from typing import Any
 import trio
 
 from phdserver import __version__
+from phdserver.cameras.controller import add_sim_controller_arguments, run_sim_controller
 from phdserver.client import Client, RemoteError
 from phdserver.config import CameraSettings, Config, ConfigError, load_config
 from phdserver.logs import LOG_FORMATS, configure_logging
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="only accept clients from this network (repeatable)")
     serve.add_argument("--data-dir", type=Path,
                        help="data directory (~/.local/share/phdserver; ~/.phd2 shares PHD2's)")
-    serve.add_argument("--camera", choices=("simulator", "indi"),
+    serve.add_argument("--camera", choices=("simulator", "indi", "controller"),
                        help="camera backend of the selected profile")
     serve.add_argument("--sim-size", type=_size, metavar="WxH", help="simulator sensor size")
     serve.add_argument("--sim-time-scale", type=_positive_float, metavar="X",
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--indi-port", type=int, help="INDI server port (7624)")
     serve.add_argument("--indi-device", help='INDI camera device, e.g. "CCD Simulator"')
     serve.add_argument("--indi-chip", choices=("ccd", "guider"), help="INDI chip (ccd)")
+    serve.add_argument("--controller-host", help="camera controller host (localhost)")
+    serve.add_argument("--controller-port", type=int, help="controller command port (5000)")
+    serve.add_argument("--controller-status-port", type=int,
+                       help="controller status port (5001; 0: none)")
+    serve.add_argument("--controller-image-dir",
+                       help="directory the controller writes its images to, as seen here")
+    serve.add_argument("--controller-url",
+                       help="serial line instead of TCP: /dev/ttyUSB0, socket://host:port, a pty")
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="log format (auto)")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
 
@@ -80,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("method")
     call.add_argument("params", nargs="?", help="JSON array or object")
     _add_connection_args(call)
+
+    sim = commands.add_parser("sim-controller", help="run a simulated camera controller")
+    add_sim_controller_arguments(sim)
 
     darks = commands.add_parser("darks", help="dark library")
     darks_commands = darks.add_subparsers(dest="action", required=True)
@@ -165,6 +177,20 @@ def _camera_overrides(config: Config, args: argparse.Namespace) -> Config:
             raise ConfigError("--camera indi needs --indi-device (or device in the profile)")
         if args.camera == "indi" and camera.type != "indi":
             name = f"INDI {options['device']}"
+    elif kind == "controller":
+        for flag, key in (("controller_host", "host"), ("controller_port", "port"),
+                          ("controller_status_port", "status_port"),
+                          ("controller_image_dir", "image_dir"), ("controller_url", "url")):
+            value = getattr(args, flag)
+            if value is not None:
+                options[key] = value
+        if args.sim_time_scale is not None:  # match a sim-controller's --sim-time-scale
+            options["time_scale"] = args.sim_time_scale
+        if "image_dir" not in options:
+            raise ConfigError("--camera controller needs --controller-image-dir "
+                              "(or image_dir in the profile)")
+        if args.camera == "controller" and camera.type != "controller":
+            name = "Controller"
     if kind == camera.type and options == dict(camera.options):
         return config
     return config.with_selected_profile(
@@ -331,7 +357,8 @@ def defects(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": serve, "call": call, "darks": darks, "defects": defects}
+    handlers = {"serve": serve, "call": call, "darks": darks, "defects": defects,
+                "sim-controller": run_sim_controller}
     return handlers[args.command](args)
 
 

@@ -31,6 +31,8 @@ def create_camera(settings: Any, alert: AlertSink) -> Camera:
         return _simulator(options)
     if kind == "indi":
         return _indi(options, alert)
+    if kind == "controller":
+        return _controller(options, alert)
     raise CameraError(f"camera type {kind!r} is not available in this build")
 
 
@@ -49,6 +51,20 @@ def _simulator(options: Mapping[str, Any]) -> Camera:
     sensor = SensorConfig(**{k: options[k] for k in _SENSOR_OPTIONS if k in options})
     rest = {k: v for k, v in options.items() if k not in _SENSOR_OPTIONS}
     return SimulatorCamera(SimulatorSettings(sensor=sensor, **rest))
+
+
+def _controller(options: Mapping[str, Any], alert: AlertSink) -> Camera:
+    from .controller import ControllerCamera, ControllerSettings
+
+    _checked(ControllerSettings, options)
+    if "image_dir" not in options:
+        raise CameraError("controller camera: image_dir is required "
+                          "(the directory the controller writes its images to)")
+    try:
+        settings = ControllerSettings(**options)
+    except ValueError as exc:
+        raise CameraError(f"controller camera: {exc}") from None
+    return ControllerCamera(settings, on_alert=alert)
 
 
 def _indi(options: Mapping[str, Any], alert: AlertSink) -> Camera:

@@ -71,6 +71,8 @@ class Equipment:
         options = self._profile.camera.options
         if self._profile.camera.type == "simulator":
             return str(options.get("name", "Simulator"))
+        if self._profile.camera.type == "controller":
+            return str(options.get("name", "Controller"))
         return str(options.get("device") or options.get("name") or self._profile.camera.type)
 
     @property
