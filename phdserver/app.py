@@ -22,7 +22,7 @@ from phdserver.cameras.factory import create_camera
 from phdserver.config import Config, Profile
 from phdserver.errors import Refused
 from phdserver.imaging import warm_up
-from phdserver.library import CalibrationPaths
+from phdserver.library import CalibrationPaths, MastersDB
 from phdserver.library.atomic import remove_stale_temp_files
 from phdserver.operations import (
     BuildContext,
@@ -33,7 +33,7 @@ from phdserver.operations import (
     OperationRegistry,
 )
 from phdserver.operations.equipment import CameraFactory
-from phdserver.rpc import Dispatcher, EventBus, ServerLimits, serve_event_server
+from phdserver.rpc import Connections, Dispatcher, EventBus, ServerLimits, serve_event_server
 from phdserver.rpc.events import Alert, AppState, Event, Version
 
 __all__ = ["App"]
@@ -66,6 +66,7 @@ class App:
                                             self.log.bind(part="operations"))
         self.dispatcher = Dispatcher(build_method_table(self), self.log.bind(part="rpc"))
         self.shutdown_requested = trio.Event()
+        self.connections = Connections()
 
     # -- basic facts -----------------------------------------------------------------------
     @property
@@ -145,7 +146,16 @@ class App:
             publish=self.publish,
             spool_dir=self.data_dir / "spool",
             creator=self.creator,
+            register=self._register_master_file,
         )
+
+    def _register_master_file(self, path: Path) -> None:
+        """Index a dark library or defect map this daemon saved (runs in a worker thread)."""
+        with MastersDB.in_data_dir(self.data_dir) as db:
+            if path.suffix == ".txt":
+                db.register_defect_map(path)
+            else:
+                db.register_dark_library(path)
 
     # -- running ---------------------------------------------------------------------------
     async def serve(
@@ -165,7 +175,8 @@ class App:
                     self.dispatcher, self.bus, self.greeting,
                     host=server.listen, port=server.effective_port,
                     limits=ServerLimits(max_line=server.max_line), allow=server.allow,
-                    logger=self.log.bind(part="rpc"), task_status=task_status,
+                    connections=self.connections, logger=self.log.bind(part="rpc"),
+                    task_status=task_status,
                 )
             )
             for listener in listeners:
@@ -173,6 +184,8 @@ class App:
             task_status.started(listeners)
             await self.shutdown_requested.wait()
             self.log.info("shutting down")
+            # The reply to `shutdown` (and anything else queued) goes out first.
+            await self.connections.flush_all(timeout_s=2)
             self.capture.stop()
             with trio.move_on_after(5) as scope:
                 scope.shield = True

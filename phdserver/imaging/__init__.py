@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from phdserver.imaging import calibration as _calibration
 from phdserver.imaging import median_filter as _median_filter
+from phdserver.imaging.calibration import MasterTerms, QualityFigures, calibrate, quality_figures
 from phdserver.imaging.darks import select_dark_exposure, subtract_dark
 from phdserver.imaging.defects import (
     DefectMapResult,
@@ -40,15 +42,19 @@ __all__ = [
     "CancelCheck",
     "DefectMapResult",
     "ImageStats",
+    "MasterTerms",
     "MeanStacker",
     "MinMaxMeanStacker",
+    "QualityFigures",
     "Stacker",
     "aggressiveness_to_sigma",
     "build_defect_map",
+    "calibrate",
     "default_workers",
     "image_stats",
     "make_stacker",
     "phd2_median_filter",
+    "quality_figures",
     "remove_defects",
     "select_dark_exposure",
     "subtract_dark",
@@ -65,6 +71,7 @@ def warm_up() -> None:
     the light-calibration kernel separately.)
     """
     _median_filter.warm_up()
+    _calibration.warm_up()
     frames = np.zeros((3, 4, 4), np.uint16)
     for mode in ("median", "sigma_clip"):
         stacker = make_stacker(mode, (4, 4), 3, np.empty_like(frames))

@@ -1,4 +1,5 @@
-"""Calibration files on disk: PHD2's dark library and defect map, written atomically.
+"""Calibration files on disk: PHD2's dark library and defect map, written atomically, and the
+master-frame library (a SQLite index, matching, batch light calibration).
 
 This package does file I/O only (FITS through astropy, PHD2's defect-map text); the imaging
 algorithms that produce the data live in ``phdserver.imaging``. Every function is synchronous
@@ -14,6 +15,15 @@ from phdserver.library.atomic import (
     create_exclusive,
     remove_stale_temp_files,
 )
+from phdserver.library.calibration_batch import (
+    BatchPlan,
+    BatchProgress,
+    BatchReport,
+    find_lights,
+    plan_with_library,
+    run_batch,
+)
+from phdserver.library.calibration_io import write_calibrated
 from phdserver.library.dark_library import (
     INCOMPATIBLE_FORMATS_MESSAGE,
     LIBRARY_MISMATCH_MESSAGE,
@@ -44,6 +54,9 @@ from phdserver.library.fits_frames import (
     write_hdus,
     write_master_frame,
 )
+from phdserver.library.fits_headers import FrameMetadata, read_frame_metadata
+from phdserver.library.masters_db import MasterRecord, MastersDB, UnknownMaster
+from phdserver.library.matching import AmbiguousMatch, MatchPolicy, MatchResult, match_masters
 from phdserver.library.phd2_paths import DARKS_SUBDIR, CalibrationPaths
 
 __all__ = [
@@ -53,12 +66,22 @@ __all__ = [
     "INCOMPATIBLE_FORMATS_MESSAGE",
     "LIBRARY_MISMATCH_MESSAGE",
     "MAX_NOTE_LENGTH",
+    "AmbiguousMatch",
+    "BatchPlan",
+    "BatchProgress",
+    "BatchReport",
     "CalibrationPaths",
     "DarkFrame",
     "DarkLibrary",
     "DefectMapContents",
     "DefectMapInfo",
     "FitsCard",
+    "FrameMetadata",
+    "MasterRecord",
+    "MastersDB",
+    "MatchPolicy",
+    "MatchResult",
+    "UnknownMaster",
     "as_uint16",
     "atomic_write",
     "atomic_write_bytes",
@@ -66,14 +89,20 @@ __all__ = [
     "compatibility_problem",
     "create_exclusive",
     "defect_map_compatibility_problem",
+    "find_lights",
     "fits_text",
     "format_defect_map",
+    "match_masters",
     "open_fits",
     "parse_defect_map",
+    "plan_with_library",
     "read_dark_library",
     "read_defect_map",
+    "read_frame_metadata",
     "read_master_frame",
     "remove_stale_temp_files",
+    "run_batch",
+    "write_calibrated",
     "write_dark_library",
     "write_defect_map",
     "write_hdus",

@@ -49,23 +49,29 @@ _NEW_FILE_MODE = 0o666  # the kernel applies the process umask, as for any ordin
 _UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.ENOSYS})
 
 
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: Path, write: Callable[[BinaryIO], None], *,
+                 durable: bool = True) -> None:
     """Replace ``path`` with what ``write`` writes, atomically and durably.
 
     ``write`` receives a binary file open for writing; it must not close it. The directory is
     created if missing. When ``path`` already exists its permission bits are kept.
+
+    ``durable=False`` skips the fsyncs (the rename is still atomic): for bulk outputs such as
+    calibrated lights, whose writer syncs once at the end of a batch instead of per file.
+    Library files always use the default.
     """
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     mode = _existing_mode(path)
-    tmp = _write_temp(directory, path.name, write, mode)
+    tmp = _write_temp(directory, path.name, write, mode, durable=durable)
     try:
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -82,8 +88,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def create_exclusive(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def create_exclusive(path: Path, write: Callable[[BinaryIO], None], *,
+                     durable: bool = True) -> None:
     """Create ``path`` with what ``write`` writes, failing if it exists; never overwrite.
+
+    ``durable=False`` skips the fsyncs, as for :func:`atomic_write`.
 
     The file is written and fsynced under a temporary name and then hard-linked to ``path``:
     ``link`` fails with ``FileExistsError`` if the name is taken (even if it appeared while we
@@ -103,7 +112,7 @@ def create_exclusive(path: Path, write: Callable[[BinaryIO], None]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(path):
         raise FileExistsError(errno.EEXIST, "File exists", str(path))
-    tmp = _write_temp(directory, path.name, write, None)
+    tmp = _write_temp(directory, path.name, write, None, durable=durable)
     try:
         try:
             os.link(tmp, path)
@@ -118,7 +127,8 @@ def create_exclusive(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 def remove_stale_temp_files(directory: Path, *, min_age_s: float = 0.0) -> tuple[Path, ...]:
@@ -150,7 +160,8 @@ def remove_stale_temp_files(directory: Path, *, min_age_s: float = 0.0) -> tuple
 
 
 def _write_temp(
-    directory: Path, name: str, write: Callable[[BinaryIO], None], mode: int | None
+    directory: Path, name: str, write: Callable[[BinaryIO], None], mode: int | None, *,
+    durable: bool = True,
 ) -> Path:
     """Create a fresh temporary file, run ``write`` on it, flush and fsync; return its path."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -167,7 +178,8 @@ def _write_temp(
                 os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
     except BaseException:
         _unlink_quietly(tmp)
         raise

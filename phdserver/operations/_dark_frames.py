@@ -23,7 +23,7 @@ from phdserver.rpc.events import Alert, Event
 from .loaded_calibration import LoadedCalibration
 from .registry import OperationHandle
 
-__all__ = ["BuildContext", "capture_into", "cover_scope_alert", "seconds"]
+__all__ = ["BuildContext", "capture_into", "cover_scope_alert", "register_saved", "seconds"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +38,8 @@ class BuildContext:
     publish: Callable[[Event], None]
     spool_dir: Path
     creator: str
+    register: Callable[[Path], None] | None = None
+    """Adds a saved library or map to the master-frame index (blocking; run in a thread)."""
 
     @property
     def binning(self) -> int:
@@ -46,6 +48,17 @@ class BuildContext:
     @property
     def frame_shape(self) -> tuple[int, int]:
         return (self.info.height // self.binning, self.info.width // self.binning)
+
+
+async def register_saved(context: BuildContext, handle: OperationHandle, path: Path) -> None:
+    """Index a file the build saved; a failure is logged, never fails the finished build."""
+    if context.register is None:
+        return
+    try:
+        await trio.to_thread.run_sync(context.register, path)
+    except Exception as exc:  # the build's files are saved and loaded; indexing is extra
+        handle.log.warning("could not add the file to the master index", path=str(path),
+                           error=str(exc))
 
 
 def seconds(exposure_ms: int) -> str:

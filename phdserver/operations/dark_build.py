@@ -23,7 +23,7 @@ from phdserver.imaging import make_stacker
 from phdserver.library import DarkFrame, DarkLibrary, read_dark_library, write_dark_library
 from phdserver.library.spool import frame_spool
 
-from ._dark_frames import BuildContext, capture_into, cover_scope_alert, seconds
+from ._dark_frames import BuildContext, capture_into, cover_scope_alert, register_saved, seconds
 from .registry import OperationHandle
 
 __all__ = ["DarkLibraryRequest", "run_dark_library_build"]
@@ -120,6 +120,7 @@ async def run_dark_library_build(
         await trio.to_thread.run_sync(write_dark_library, path, library, context.creator)
         await context.calibration.load_dark_library(context.paths, context.info, context.binning)
     handle.log.info("dark library saved", path=str(path), exposures=library.exposures)
+    await register_saved(context, handle, path)
     return {"path": str(path), "exposures": list(library.exposures)}
 
 

@@ -32,7 +32,7 @@ from phdserver.library import (
     write_master_frame,
 )
 
-from ._dark_frames import BuildContext, capture_into, cover_scope_alert, seconds
+from ._dark_frames import BuildContext, capture_into, cover_scope_alert, register_saved, seconds
 from .registry import OperationHandle
 
 __all__ = ["DefectMapRequest", "refine_defect_map", "run_defect_map_build"]
@@ -104,6 +104,7 @@ async def run_defect_map_build(
         await context.calibration.load_defect_map(paths, context.info, context.binning)
     handle.log.info("defect map saved", path=str(paths.defect_map),
                     hot=len(result.hot), cold=len(result.cold))
+    await register_saved(context, handle, paths.defect_map)
     return _counts(result) | {"path": str(paths.defect_map)}
 
 

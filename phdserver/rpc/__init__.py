@@ -8,12 +8,13 @@ from ._bus import EventBus, Subscriber, short_hostname
 from ._codec import Batch, InvalidMessage, Request, decode_line
 from ._dispatch import Dispatcher, Handler
 from ._framing import DEFAULT_MAX_LINE, OVERSIZE, LineSplitter
-from ._transport import ServerLimits, serve_event_server
+from ._transport import Connections, ServerLimits, serve_event_server
 
 __all__ = [
     "DEFAULT_MAX_LINE",
     "OVERSIZE",
     "Batch",
+    "Connections",
     "Dispatcher",
     "EventBus",
     "Handler",

@@ -32,7 +32,7 @@ from ._dispatch import Dispatcher
 from ._framing import DEFAULT_MAX_LINE, OVERSIZE, LineSplitter
 from .events import Event
 
-__all__ = ["Connection", "ServerLimits", "serve_event_server"]
+__all__ = ["Connection", "Connections", "ServerLimits", "serve_event_server"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -114,6 +114,13 @@ class Connection:
     def queue(self, data: bytes) -> None:
         self._outbox.put(data)
 
+    async def wait_flushed(self) -> None:
+        """Return once everything queued so far has been handed to the socket."""
+        outbox = self._outbox
+        while outbox.chunks and not outbox.overflowed:
+            outbox.drained = trio.Event()
+            await outbox.drained.wait()
+
     async def run(self) -> None:
         """Serve until the peer goes away; never raises for a broken peer."""
         try:
@@ -193,6 +200,28 @@ class Connection:
             cancel_scope.cancel()
 
 
+class Connections:
+    """The live connections, so that a shutdown can let their last replies go out."""
+
+    def __init__(self) -> None:
+        self._live: set[Connection] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, connection: Connection) -> None:
+        self._live.add(connection)
+
+    def discard(self, connection: Connection) -> None:
+        self._live.discard(connection)
+
+    async def flush_all(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) until every queued reply and event is written."""
+        with trio.move_on_after(timeout_s):
+            for connection in list(self._live):
+                await connection.wait_flushed()
+
+
 def _too_big(max_line: int) -> bytes:
     return encode_error(INTERNAL_ERROR, f"too big (request line over {max_line} bytes)") + b"\r\n"
 
@@ -229,6 +258,7 @@ async def serve_event_server(
     port: int = 4400,
     limits: ServerLimits | None = None,
     allow: Sequence[IPNetwork] | None = None,
+    connections: Connections | None = None,
     logger: Any = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -237,6 +267,7 @@ async def serve_event_server(
     ``task_status.started`` reports the listeners, so a caller can read the bound address.
     """
     limits = limits or ServerLimits()
+    live = connections if connections is not None else Connections()
     log = logger if logger is not None else structlog.get_logger("phdserver.rpc")
     # A deep accept backlog: PHD2's backlog of 5 loses clients that connect all at once.
     listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
@@ -251,6 +282,7 @@ async def serve_event_server(
         connection = Connection(stream, dispatcher, limits, conn_log)
         connection.queue(bus.encode_all(greeting()))
         unsubscribe = bus.subscribe(connection.push_event)
+        live.add(connection)
         conn_log.debug("client connected")
         try:
             await connection.run()
@@ -259,6 +291,7 @@ async def serve_event_server(
             conn_log.exception("connection failed")
         finally:
             unsubscribe()
+            live.discard(connection)
             conn_log.debug("client disconnected")
 
     async with trio.open_nursery() as nursery:

@@ -267,3 +267,20 @@ async def test_load_and_clear(client: LineClient, server: tuple[App, int]) -> No
     assert (await client.call("get_dark_library_status"))["loaded"] is False
     status = await client.call("load_dark_library")
     assert status["loaded"] is True
+
+
+async def test_built_files_are_indexed_as_masters(client: LineClient,
+                                                  server: tuple[App, int]) -> None:
+    from phdserver.library import MastersDB
+
+    app, _ = server
+    await client.call("set_connected", [True])
+    await build(client, exposures=[1000, 2000], frame_count=1)
+    started = await client.call("start_defect_map_build", {"exposure_time": 1000,
+                                                           "frame_count": 5})
+    assert (await wait_operation(client, started["operation_id"]))["Status"] == "completed"
+    with MastersDB.in_data_dir(app.data_dir) as db:
+        records = db.list_masters()
+    darks = [r for r in records if r.path == app.calibration_paths.dark_library]
+    assert sorted(r.hdu for r in darks) == [0, 1]
+    assert [r for r in records if r.path == app.calibration_paths.defect_map]
