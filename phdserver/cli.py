@@ -20,6 +20,7 @@ import trio
 
 from phdserver import __version__
 from phdserver.cameras.controller import add_sim_controller_arguments, run_sim_controller
+from phdserver.cli_calibration import add_calibration_commands, calibration_handlers
 from phdserver.client import Client, RemoteError
 from phdserver.config import CameraSettings, Config, ConfigError, load_config
 from phdserver.logs import LOG_FORMATS, configure_logging
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_args(defects_refine)
     defects_status = defects_commands.add_parser("status", help="show the defect map status")
     _add_connection_args(defects_status)
+    add_calibration_commands(commands)
     return parser
 
 
@@ -359,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"serve": serve, "call": call, "darks": darks, "defects": defects,
                 "sim-controller": run_sim_controller}
+    handlers.update(calibration_handlers())
     return handlers[args.command](args)
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ._params import REQUIRED, Param, bind
 from ._registry import MethodSpec, collect, handlers, rpc_method
 from .app import AppMethods
+from .calibration import CalibrationMethods
 from .camera import CameraMethods
 from .darks import DarkMethods
 from .defects import DefectMethods
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 AREAS = (AppMethods, CameraMethods, GuidingMethods, DarkMethods, DefectMethods,
-         OperationMethods)
+         OperationMethods, CalibrationMethods)
 
 
 def method_specs(app: App) -> dict[str, MethodSpec]:

@@ -497,7 +497,8 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGR
         for version in range(found, len(migrations)):
             for statement in migrations[version]:
                 conn.execute(statement)
-        conn.execute("UPDATE schema_version SET version = ?", (len(migrations),))
+        if found != len(migrations):  # an up-to-date file is not written to at all
+            conn.execute("UPDATE schema_version SET version = ?", (len(migrations),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

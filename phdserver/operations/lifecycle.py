@@ -10,7 +10,14 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-__all__ = ["STAGES", "TERMINAL", "IllegalTransition", "Kind", "check_transition"]
+__all__ = [
+    "CANCELLED_MESSAGES",
+    "STAGES",
+    "TERMINAL",
+    "IllegalTransition",
+    "Kind",
+    "check_transition",
+]
 
 
 class Kind(enum.StrEnum):
@@ -45,6 +52,14 @@ STAGES: Final[dict[Kind, tuple[str, ...]]] = {
         "calibrating",
     ),
 }
+
+
+CANCELLED_MESSAGES: Final[dict[Kind, str]] = {
+    Kind.DARK_LIBRARY: "cancelled - no changes have been made",
+    Kind.DEFECT_MAP: "cancelled - no changes have been made",
+    Kind.LIGHT_CALIBRATION: "cancelled - the frames calibrated so far are kept",
+}
+"""What a cancelled operation of each kind left behind, in PHD2's words where it has them."""
 
 
 class IllegalTransition(RuntimeError):

@@ -37,6 +37,7 @@ from phdserver.rpc.events import Event, OperationFinished, OperationProgress
 from ._background import BackgroundTasks
 from .lifecycle import (
     CANCELLED,
+    CANCELLED_MESSAGES,
     COMPLETED,
     FAILED,
     TERMINAL,
@@ -326,7 +327,7 @@ class OperationRegistry:
                 else:
                     outcome = (COMPLETED, "completed", None)
             if handle.scope.cancelled_caught:
-                outcome = (CANCELLED, "cancelled - no changes have been made", None)
+                outcome = (CANCELLED, CANCELLED_MESSAGES[Kind(handle.snapshot.kind)], None)
                 result = None
         finally:
             status, message, error = outcome
