@@ -13,8 +13,9 @@ garbage collection pauses longer). Three probes watch the loop:
 * a heartbeat task that sleeps 5 ms in a loop and records how late each wake-up is. This also
   catches stalls outside task steps: a worker thread that holds the GIL, both cores busy, or the
   loop's own bookkeeping;
-* a ``gc.callbacks`` hook timing every full (generation 2) collection, which runs on whichever
-  thread allocates, usually the loop's.
+* a ``gc.callbacks`` hook timing every full (generation 2) collection. A collection runs on
+  whichever thread allocates when the threshold is crossed, a worker thread too, and holds the
+  GIL throughout, so the loop stalls for its whole length either way.
 
 Meanwhile a task dispatches 1,000 status requests a second straight to the dispatcher (what 100
 clients polling every 100 ms send, without the sockets), because a loop that serves requests
@@ -82,8 +83,10 @@ def _where(task: trio.lowlevel.Task) -> str:
     return here
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LongStep:
+    """One task step: how long it took, which task ran, where it resumed and where it stopped."""
+
     seconds: float
     task: str
     began: str

@@ -23,6 +23,7 @@ from phdserver.cameras.controller import add_sim_controller_arguments, run_sim_c
 from phdserver.cli_calibration import add_calibration_commands, calibration_handlers
 from phdserver.client import Client, RemoteError
 from phdserver.config import CameraSettings, Config, ConfigError, load_config
+from phdserver.errors import find_os_error
 from phdserver.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
@@ -233,24 +234,12 @@ def serve(args: argparse.Namespace) -> int:
     try:
         trio.run(main)
     except Exception as exc:
-        os_error = _find_os_error(exc)
+        os_error = find_os_error(exc)
         if os_error is None:
             raise
         log.error("cannot start", error=str(os_error))
         return 1
     return 0
-
-
-def _find_os_error(exc: BaseException) -> OSError | None:
-    """The OSError (address in use, permission denied...) inside a trio exception group."""
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find_os_error(inner)
-            if found is not None:
-                return found
-    return None
 
 
 # -- client commands -----------------------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
     "LibraryError",
     "PhdError",
     "Refused",
+    "find_os_error",
 ]
 
 INVALID_PARAMS = -32602
@@ -65,3 +66,19 @@ class LibraryError(PhdError):
     """A calibration file could not be read, written or used."""
 
     code = REFUSED
+
+
+def find_os_error(exc: BaseException) -> OSError | None:
+    """The OSError (address in use, no such device...) in ``exc`` or in its exception groups.
+
+    Startup failures reach ``trio.run``'s caller wrapped in groups; the command line reports
+    the OSError itself rather than a traceback.
+    """
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_os_error(inner)
+            if found is not None:
+                return found
+    return None

@@ -388,8 +388,6 @@ def run_batch(
         finally:
             if own:
                 pool.shutdown(wait=True, cancel_futures=True)
-            # Outputs are written without a per-file fsync; make the batch durable at once.
-            os.sync()
     else:
         collector.report(None)
     ordered = tuple(outcomes[i] for i in range(len(plan.frames)))

@@ -327,8 +327,9 @@ def write_calibrated(
             f.write(view[start:start + _WRITE_CHUNK])
         f.write(padding)
 
-    # Not fsynced per file: the batch syncs once when it ends (``run_batch``). The rename is
-    # still atomic, and a skipped output is re-checked for completeness before it counts.
+    # Not fsynced: an output can be made again from its light and masters, and a per-file
+    # fsync cost more than the calibration itself here. The rename is still atomic, and an
+    # existing output counts as done only if it is complete (else a rerun reports it).
     (atomic_write if overwrite else create_exclusive)(path, write, durable=False)
 
 

@@ -12,6 +12,7 @@ ALLOWED_IMPORTS = {
     "__future__",
     "collections",
     "concurrent",
+    "contextlib",
     "dataclasses",
     "itertools",
     "math",

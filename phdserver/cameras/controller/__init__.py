@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phdserver.cameras.controller._protocol import COMMAND_PORT, STATUS_PORT
+from phdserver.errors import find_os_error
 
 if TYPE_CHECKING:
     from phdserver.cameras.controller.camera import ControllerCamera, ControllerSettings
@@ -144,21 +145,9 @@ def run_sim_controller(args: argparse.Namespace) -> int:
     try:
         trio.run(main)
     except (OSError, BaseExceptionGroup) as exc:
-        os_error = _first_os_error(exc)
+        os_error = find_os_error(exc)
         if os_error is None:
             raise
         print(f"phdserver sim-controller: {os_error}", file=sys.stderr)
         return 1
     return 0
-
-
-def _first_os_error(exc: BaseException) -> OSError | None:
-    """The OSError (address in use, no such device...) inside a trio exception group."""
-    if isinstance(exc, OSError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _first_os_error(inner)
-            if found is not None:
-                return found
-    return None
