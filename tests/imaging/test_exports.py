@@ -13,6 +13,7 @@ ALLOWED_IMPORTS = {
     "collections",
     "concurrent",
     "contextlib",
+    "threading",
     "dataclasses",
     "itertools",
     "math",
