@@ -22,21 +22,11 @@ from phdserver import __version__
 from phdserver.cameras.controller import add_sim_controller_arguments, run_sim_controller
 from phdserver.cli_calibration import add_calibration_commands, calibration_handlers
 from phdserver.client import Client, RemoteError
-from phdserver.config import CameraSettings, Config, ConfigError, load_config
+from phdserver.config import CameraSettings, Config, ConfigError, load_config, parse_size
 from phdserver.errors import find_os_error
 from phdserver.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if not (16 <= width <= 16384 and 16 <= height <= 16384):
-        raise argparse.ArgumentTypeError("width and height must be 16..16384")
-    return width, height
 
 
 def _positive_float(text: str) -> float:
@@ -68,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data directory (~/.local/share/phdserver; ~/.phd2 shares PHD2's)")
     serve.add_argument("--camera", choices=("simulator", "indi", "controller"),
                        help="camera backend of the selected profile")
-    serve.add_argument("--sim-size", type=_size, metavar="WxH", help="simulator sensor size")
+    serve.add_argument("--sim-size", type=parse_size, metavar="WxH", help="simulator sensor size")
     serve.add_argument("--sim-time-scale", type=_positive_float, metavar="X",
                        help="simulated exposures take X times their duration (0.01: 100x faster)")
     serve.add_argument("--sim-seed", type=int, metavar="N", help="simulator random seed")

@@ -33,6 +33,7 @@ Command-line flags override the file; camera flags apply to the selected profile
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import tomllib
@@ -50,6 +51,7 @@ __all__ = [
     "ServerSettings",
     "default_data_dir",
     "load_config",
+    "parse_size",
 ]
 
 CAMERA_TYPES = ("simulator", "indi", "controller")
@@ -141,6 +143,20 @@ class Config:
     def with_selected_profile(self, profile: Profile) -> Config:
         profiles = tuple(profile if p.id == profile.id else p for p in self.profiles)
         return replace(self, profiles=profiles)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WIDTHxHEIGHT"`` (a command-line sensor size) as ``(width, height)``, 16..16384 each.
+
+    Raises ``argparse.ArgumentTypeError`` so argparse prints the message as it is.
+    """
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if not (16 <= width <= 16384 and 16 <= height <= 16384):
+        raise argparse.ArgumentTypeError("width and height must be 16..16384")
+    return width, height
 
 
 def default_data_dir() -> Path:

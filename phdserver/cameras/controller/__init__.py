@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phdserver.cameras.controller._protocol import COMMAND_PORT, STATUS_PORT
+from phdserver.config import parse_size
 from phdserver.errors import find_os_error
 
 if TYPE_CHECKING:
@@ -71,14 +72,6 @@ def __getattr__(name: str) -> Any:
 
 
 # -- phdserver sim-controller ---------------------------------------------------------------------
-def _size(text: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if not (16 <= width <= 16384 and 16 <= height <= 16384):
-        raise argparse.ArgumentTypeError("width and height must be 16..16384")
-    return width, height
 
 
 def add_sim_controller_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +85,7 @@ def add_sim_controller_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serial", metavar="PATH-or-URL",
                         help="also serve a serial line: 'pty' (a new pty; its path is printed), "
                              "a tty device, or socket://HOST:PORT to listen on")
-    parser.add_argument("--sim-size", type=_size, default=(1280, 960), metavar="WxH",
+    parser.add_argument("--sim-size", type=parse_size, default=(1280, 960), metavar="WxH",
                         help="sensor size (1280x960)")
     parser.add_argument("--sim-time-scale", type=float, default=1.0, metavar="X",
                         help="exposures and readout take X times their duration (1.0)")
