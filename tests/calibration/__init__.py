@@ -45,6 +45,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root``: its hash and mtime (to show nothing was written or touched)."""
+    return {str(p): (sha256(p), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
 def nina_light_name(index: int, *, exposure_s: float = 300.0, filter_name: str = "Ha") -> str:
     return (f"2024-01-15_M31_LIGHT_FILTER_{filter_name}_EXPOSURE_{exposure_s:.2f}s_GAIN_100"
             f"_SET-TEMP_-10.00_{index:04d}.fits")

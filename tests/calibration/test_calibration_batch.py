@@ -25,13 +25,7 @@ from phdserver.library.calibration_io import output_path_for
 from phdserver.library.fits_headers import FrameType
 from phdserver.library.masters_db import MastersDB
 from phdserver.library.matching import MatchPolicy
-from tests.calibration import SHAPE, Scene, make_scene, rig, sha256, write_fits
-
-
-def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    """Every file under ``root``: its hash and mtime."""
-    return {str(p): (sha256(p), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
-            if p.is_file()}
+from tests.calibration import SHAPE, Scene, make_scene, rig, sha256, snapshot, write_fits
 
 
 def _library(tmp_path: Path, scene: Scene) -> MastersDB:
@@ -52,7 +46,7 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray) -> None:
 
 def test_done_means(tmp_path: Path) -> None:
     scene = make_scene(tmp_path / "night")
-    originals = _snapshot(scene.root)
+    originals = snapshot(scene.root)
     out_dir = tmp_path / "calibrated"
     with _library(tmp_path, scene) as db:
         plan = plan_with_library(db, scene.lights, output_dir=out_dir)
@@ -106,14 +100,14 @@ def test_done_means(tmp_path: Path) -> None:
             assert "divided by the flat" in history
             for key in ("INSTRUME", "FILTER", "DATE-LOC", "DATE-OBS", "SET-TEMP", "READOUTM"):
                 assert header[key] == fits.getheader(light)[key], key
-    assert _snapshot(scene.root) == originals  # originals byte for byte, and untouched
+    assert snapshot(scene.root) == originals  # originals byte for byte, and untouched
 
-    written = _snapshot(out_dir)
+    written = snapshot(out_dir)
     with _library(tmp_path, scene) as db:
         again = run_batch(plan_with_library(db, scene.lights, output_dir=out_dir),
                           ThreadPoolExecutor(1))
     assert again.count(FrameStatus.SKIPPED) == 3
-    assert _snapshot(out_dir) == written  # a second run writes nothing new
+    assert snapshot(out_dir) == written  # a second run writes nothing new
 
     dry_dir = tmp_path / "dry"
     db_file = tmp_path / "data" / "calibration_masters.sqlite3"

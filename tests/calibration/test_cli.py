@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from phdserver import cli_calibration
 from phdserver.library import calibration_io
-from tests.calibration import Scene, make_scene, sha256
+from tests.calibration import Scene, make_scene, sha256, snapshot
 
 
 def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -32,11 +32,6 @@ def run_json(cwd: Path, *args: str) -> Any:
     done = run(cwd, *args, "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    return {str(p): (sha256(p), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 def expected_output(scene: Scene, light: Path) -> np.ndarray:

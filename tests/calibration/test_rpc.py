@@ -20,19 +20,13 @@ import phdserver.library.calibration_batch as calibration_batch
 from phdserver.library.calibration_batch import FrameOutcome, FrameTask
 from phdserver.operations import Kind
 from phdserver.operations.lifecycle import statuses
-from tests.calibration import SHAPE, Scene, make_scene, rig, sha256, write_fits
+from tests.calibration import SHAPE, Scene, make_scene, rig, sha256, snapshot, write_fits
 from tests.protocol.test_catalogue import (
     METHODS_DOC,
     assert_documented_error,
     call_checked,
 )
 from tests.support import LineClient, make_config, running_server, wait_operation
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    """Every file under ``root``: its hash and mtime."""
-    return {str(p): (sha256(p), p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
-            if p.is_file()}
 
 
 def expected_output(scene: Scene, light: Path) -> np.ndarray:
