@@ -8,23 +8,18 @@ none can be made. :func:`run_batch` submits one task per light to a
 goes on) or ``cancelled``. A dry run (``dry_run=True``) submits nothing and writes nothing: each
 light is reported ``planned`` or ``skipped``.
 
-**Workers.** :func:`calibrate_frame` is a module-level function of one picklable argument, so
-any Executor can run it: a :class:`~concurrent.futures.ProcessPoolExecutor` (the default, with
-the ``spawn`` start method because the daemon is multi-threaded), a thread pool, or a dask
-cluster. Each worker precomputes the master terms (``offset``, flat gain) once per master set
-and keeps the last two sets (keyed by the masters' paths, HDUs, checksums, sizes and mtimes and
-the exposure the dark is scaled to) in a per-process LRU cache: an immutable memo, the one
-piece of process state in this package, bounded to about 2 × 128 MiB for 4096² masters. Tasks
-are submitted grouped by master set so that cache stays warm. The first light in a process also
-loads the numba kernel from its cache (0.2-0.8 s). Before each light, the worker
-``stat``\\s its masters: a master whose size or mtime differs from the record fails the frame
-("changed on disk") instead of being used silently.
+**Workers.** Each task runs :func:`~phdserver.library.calibration_worker.calibrate_frame`
+(re-exported here), a module-level function of one picklable argument, so any Executor can run
+it: a :class:`~concurrent.futures.ProcessPoolExecutor` (the default, with the ``spawn`` start
+method because the daemon is multi-threaded), a thread pool, or a dask cluster. Workers cache
+the master terms per master set (:mod:`.calibration_worker` says how), so tasks are submitted
+grouped by master set.
 
 **On a dask cluster** (``pip install distributed``; not a phdserver dependency)::
 
     from distributed import Client
     from phdserver.library.calibration_batch import plan_with_library, run_batch
-    from phdserver.library.masters_db import MastersDB
+    from phdserver.library.masters_db import MasterRecord, MastersDB
 
     client = Client("tcp://scheduler:8786")
     with MastersDB.in_data_dir(data_dir) as db:
@@ -47,8 +42,6 @@ callback.
 
 from __future__ import annotations
 
-import enum
-import functools
 import multiprocessing
 import os
 import threading
@@ -59,27 +52,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from phdserver.errors import LibraryError
-from phdserver.imaging.calibration import (
-    MasterTerms,
-    calibrate,
-    calibrate_fits16,
-    quality_figures,
-)
 from phdserver.library.calibration_io import (
     DEFAULT_SUFFIX,
-    SOFTWARE,
-    MasterUse,
-    Provenance,
-    calibrated_header,
-    existing_output_problem,
     output_path_for,
-    read_light,
     read_light_header,
-    read_master,
-    write_calibrated,
+)
+from phdserver.library.calibration_worker import (
+    FrameOutcome,
+    FrameStatus,
+    FrameTask,
+    MasterRef,
+    calibrate_frame,
+    clear_worker_cache,
+    existing_output_outcome,
 )
 from phdserver.library.fits_headers import (
     FITS_SUFFIXES,
@@ -109,68 +95,6 @@ __all__ = [
 
 ProgressCallback = Callable[["BatchProgress"], None]
 _POLL_S = 0.2  # how often the collecting loop looks at cancel_event
-
-
-class FrameStatus(enum.StrEnum):
-    PLANNED = "planned"
-    DONE = "done"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MasterRef:
-    """A master as a worker needs it: where it is and the fingerprint it must still have."""
-
-    id: int
-    kind: FrameType
-    path: str
-    hdu: int
-    name: str
-    checksum: str
-    size_bytes: int
-    mtime_ns: int
-    exposure_s: float | None
-    bias_subtracted: bool
-
-    @classmethod
-    def from_record(cls, record: MasterRecord) -> MasterRef:
-        return cls(id=record.id, kind=record.frame_type, path=str(record.path), hdu=record.hdu,
-                   name=record.name, checksum=record.checksum, size_bytes=record.size_bytes,
-                   mtime_ns=record.mtime_ns, exposure_s=record.meta.exposure_s,
-                   bias_subtracted=record.meta.bias_subtracted)
-
-    def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__} | {
-            "kind": self.kind.value}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FrameTask:
-    """One light to calibrate: everything :func:`calibrate_frame` needs, picklable."""
-
-    light: str
-    output: str
-    bias: MasterRef | None
-    dark: MasterRef | None
-    flat: MasterRef | None
-    light_exposure_s: float | None
-    """The exposure the dark is scaled to (the dark's own when not scaled)."""
-    notes: tuple[str, ...] = ()
-    overwrite: bool = False
-    software: str = SOFTWARE
-
-    @property
-    def master_set(self) -> tuple[Any, ...]:
-        return (self.bias, self.dark, self.flat, self.light_exposure_s)
-
-    def to_json(self) -> dict[str, Any]:
-        masters = {"bias": self.bias, "dark": self.dark, "flat": self.flat}
-        return {"light": self.light, "output": self.output,
-                **{k: (v.to_json() if v else None) for k, v in masters.items()},
-                "light_exposure_s": self.light_exposure_s, "notes": list(self.notes),
-                "overwrite": self.overwrite, "software": self.software}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,20 +133,6 @@ class BatchPlan:
                 "policy": self.policy.to_json(),
                 "runnable": sum(1 for f in self.frames if f.task is not None),
                 "total": len(self.frames)}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FrameOutcome:
-    light: str
-    output: str
-    status: FrameStatus
-    reason: str = ""
-    seconds: float = 0.0
-    quality: dict[str, float | int] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"light": self.light, "output": self.output, "status": self.status.value,
-                "reason": self.reason, "seconds": self.seconds, "quality": self.quality}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -367,7 +277,7 @@ def run_batch(
             outcomes[index] = FrameOutcome(light=light, output=output, status=FrameStatus.FAILED,
                                            reason=frame.problem or "no task")
         elif not overwrite and os.path.lexists(output):
-            outcomes[index] = _existing(frame.task)
+            outcomes[index] = existing_output_outcome(frame.task)
         elif dry_run:
             outcomes[index] = FrameOutcome(light=light, output=output, status=FrameStatus.PLANNED,
                                            reason="would overwrite" if os.path.lexists(output)
@@ -443,8 +353,8 @@ def _drive(pool: Executor, tasks: list[tuple[int, FrameTask]], limit: int,
             except RuntimeError as exc:  # a broken or shut-down executor
                 queue.append((index, task))
                 for left_index, left_task in reversed(queue):
-                    collector.add(left_index, _outcome(left_task, FrameStatus.FAILED,
-                                                       f"not submitted: {exc}"))
+                    collector.add(left_index, FrameOutcome.for_task(
+                        left_task, FrameStatus.FAILED, f"not submitted: {exc}"))
                 queue.clear()
         if not running:
             break
@@ -456,7 +366,8 @@ def _drive(pool: Executor, tasks: list[tuple[int, FrameTask]], limit: int,
             current = next(iter(running.values()))[1].light if running else None
             collector.report(current)
     for index, task in reversed(queue):
-        collector.add(index, _outcome(task, FrameStatus.CANCELLED, "batch cancelled"))
+        collector.add(index, FrameOutcome.for_task(task, FrameStatus.CANCELLED,
+                                                   "batch cancelled"))
     if cancelled or queue:
         collector.report(None)
     return cancelled
@@ -464,114 +375,9 @@ def _drive(pool: Executor, tasks: list[tuple[int, FrameTask]], limit: int,
 
 def _result(future: Future[FrameOutcome], task: FrameTask) -> FrameOutcome:
     if future.cancelled():
-        return _outcome(task, FrameStatus.CANCELLED, "batch cancelled")
+        return FrameOutcome.for_task(task, FrameStatus.CANCELLED, "batch cancelled")
     exc = future.exception()
     if exc is not None:
-        return _outcome(task, FrameStatus.FAILED, f"worker error: {type(exc).__name__}: {exc}")
+        return FrameOutcome.for_task(task, FrameStatus.FAILED,
+                                     f"worker error: {type(exc).__name__}: {exc}")
     return future.result()
-
-
-def _existing(task: FrameTask) -> FrameOutcome:
-    """Skip a finished output; report one that is not (never overwritten unless asked)."""
-    problem = existing_output_problem(Path(task.output))
-    if problem is None:
-        return _outcome(task, FrameStatus.SKIPPED, "output exists")
-    return _outcome(task, FrameStatus.FAILED, f"the output exists but {problem}; run again with "
-                                              "overwrite to replace it")
-
-
-def _outcome(task: FrameTask, status: FrameStatus, reason: str, seconds: float = 0.0,
-             quality: dict[str, float | int] | None = None) -> FrameOutcome:
-    return FrameOutcome(light=task.light, output=task.output, status=status, reason=reason,
-                        seconds=seconds, quality=quality)
-
-
-# --- the worker ----------------------------------------------------------------------------------
-
-
-def calibrate_frame(task: FrameTask) -> FrameOutcome:
-    """Calibrate one light and write its output; never raises for a bad file (``failed``)."""
-    started = time.perf_counter()
-    try:
-        if not task.overwrite and os.path.lexists(task.output):
-            return _existing(task)
-        refs = [r for r in (task.bias, task.dark, task.flat) if r is not None]
-        for ref in refs:
-            _check_unchanged(ref)
-        light = read_light(Path(task.light), buffer=getattr(_scratch, "light", None))
-        _scratch.light = light.data.reshape(-1)
-        terms = _terms(task.bias, task.dark, task.flat, task.light_exposure_s)
-        _check_shape(light.data.shape, terms.shape)
-        out = _output_buffer(terms.shape)
-        if light.data.dtype == np.dtype(">i2"):
-            calibrate_fits16(light.data, terms, bzero=light.zero, out=out)
-        else:
-            calibrate(light.data, terms, out=out)
-        quality = quality_figures(out)
-        provenance = Provenance(
-            masters=tuple(MasterUse(kind=r.kind.value, name=r.name, checksum=r.checksum)
-                          for r in refs),
-            steps=(*terms.steps, *task.notes), quality=quality,
-            dark_scale=terms.dark_scale if task.dark is not None else None,
-            flat_median=terms.flat_median, bad_flat_pixels=terms.bad_flat_pixels,
-            software=task.software)
-        header = calibrated_header(light.header, terms.shape, provenance)
-        write_calibrated(Path(task.output), out, header, overwrite=task.overwrite,
-                         source=Path(task.light))
-    except FileExistsError:
-        return _existing(task)
-    except LibraryError as exc:
-        return _outcome(task, FrameStatus.FAILED, exc.message, time.perf_counter() - started)
-    except (OSError, ValueError, MemoryError) as exc:
-        return _outcome(task, FrameStatus.FAILED, f"{type(exc).__name__}: {exc}",
-                        time.perf_counter() - started)
-    return _outcome(task, FrameStatus.DONE, "", time.perf_counter() - started,
-                    quality.to_json())
-
-
-def clear_worker_cache() -> None:
-    """Drop this process's cached master terms and the calling thread's scratch buffers."""
-    _terms.cache_clear()
-    _scratch.__dict__.clear()
-
-
-_scratch = threading.local()
-"""Per-thread scratch: ``light`` (the last light's stored values) and ``out`` (the last output),
-reused by the next frame of the same thread when the size matches. A fresh 32 + 64 MiB pair costs
-~12 ms of page faults per 4096² light, a quarter of the whole calibration. Per thread, so two
-frames never share one (a dask worker runs tasks in threads)."""
-
-
-def _output_buffer(shape: tuple[int, int]) -> np.ndarray:
-    out = getattr(_scratch, "out", None)
-    if out is None or out.shape != shape:
-        out = _scratch.out = np.empty(shape, ">f4")
-    return out
-
-
-def _check_shape(light: tuple[int, ...], masters: tuple[int, int]) -> None:
-    if light != masters:
-        raise LibraryError(f"the light is {light[-1]}x{light[0]}, its masters are "
-                           f"{masters[1]}x{masters[0]}")
-
-
-def _check_unchanged(ref: MasterRef) -> None:
-    try:
-        st = os.stat(ref.path)
-    except FileNotFoundError:
-        raise LibraryError(f"master {ref.kind.value} {ref.path} no longer exists") from None
-    if (st.st_size, st.st_mtime_ns) != (ref.size_bytes, ref.mtime_ns):
-        raise LibraryError(f"master {ref.kind.value} {ref.name} changed on disk since it was "
-                           "checked; verify the library and plan again")
-
-
-@functools.lru_cache(maxsize=2)
-def _terms(bias: MasterRef | None, dark: MasterRef | None, flat: MasterRef | None,
-           light_exposure_s: float | None) -> MasterTerms:
-    def load(ref: MasterRef | None) -> np.ndarray | None:
-        return None if ref is None else read_master(Path(ref.path), ref.hdu)[0]
-
-    return MasterTerms.from_masters(
-        bias=load(bias), dark=load(dark), flat=load(flat), light_exposure_s=light_exposure_s,
-        dark_exposure_s=dark.exposure_s if dark else None,
-        dark_includes_bias=not (dark.bias_subtracted if dark else False))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from phdserver.library import calibration_worker
 from phdserver.library.calibration_batch import (
     BatchProgress,
     FrameStatus,
@@ -295,6 +296,41 @@ def test_unusual_light_encodings_take_the_astropy_path(tmp_path: Path) -> None:
     stored = fits.getdata(scaled).astype(np.float64)  # what the BSCALE file really holds
     _assert_close(fits.getdata(tmp_path / "out" / "scaled_light_calibrated.fits"),
                   (stored - dark) / flat_norm)
+
+
+def test_bands_of_any_height_give_the_same_frame(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's bands (64 rows of a 4096-wide frame) change no pixel and no figure: frames
+    cut in bands of 1, 5 and 7 rows (the last one short) equal the one-band result, for each
+    way a light is read (stored 16-bit, float, astropy-scaled)."""
+    scene = make_scene(tmp_path / "night", light_count=1)
+    source = scene.lights[0]
+    physical = scene.light_data[source].astype(np.float32)
+    as_float = source.parent / "float_light.fits"
+    fits.PrimaryHDU(physical, header=fits.getheader(source)).writeto(as_float)
+    scaled = source.parent / "scaled_light.fits"
+    hdu = fits.PrimaryHDU(physical, header=fits.getheader(source))
+    hdu.scale("int16", bscale=2.0, bzero=1000.0)
+    hdu.writeto(scaled)
+    lights = [source, as_float, scaled]
+    results: dict[int, list[tuple[np.ndarray, list[object]]]] = {}
+    for rows in (SHAPE[0], 1, 5, 7):
+        monkeypatch.setattr(calibration_worker, "band_rows", lambda width, rows=rows: rows)
+        out = tmp_path / f"rows{rows}"
+        with _library(tmp_path, scene) as db:
+            plan = plan_with_library(db, lights, output_dir=out)
+        assert run_batch(plan, ThreadPoolExecutor(1)).count(FrameStatus.DONE) == 3
+        results[rows] = []
+        for light in lights:
+            with fits.open(output_path_for(light, output_dir=out)) as hdul:
+                header = hdul[0].header
+                figures = [header[k] for k in ("CALMED", "CALNOISE", "CALNEGFR", "CALNANFR")]
+                results[rows].append((hdul[0].data.copy(), figures))
+    for rows in (1, 5, 7):
+        for (data, figures), (whole, whole_figures) in zip(results[rows], results[SHAPE[0]],
+                                                           strict=True):
+            assert np.array_equal(data, whole)
+            assert figures == whole_figures
 
 
 def test_planning_refuses_unsafe_or_pointless_work(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from phdserver.library.calibration_io import (
     MasterUse,
     Provenance,
     calibrated_header,
+    open_light,
     output_path_for,
     read_light,
     read_light_header,
     read_master,
     write_calibrated,
+    write_calibrated_bands,
 )
 from tests.calibration import SHAPE
 
@@ -137,6 +140,58 @@ def test_write_refuses_the_light_and_never_overwrites_unless_asked(tmp_path: Pat
     with pytest.raises(ValueError, match="float32"):
         write_calibrated(tmp_path / "x.fits", data.astype(np.float64), header)
     assert [p.name for p in tmp_path.iterdir()] == ["out.fits"]  # no temporary files left
+
+
+def test_band_writer_refuses_bands_that_do_not_make_the_image(tmp_path: Path) -> None:
+    header = calibrated_header(fits.Header(), SHAPE, _provenance())
+    band = np.zeros((10, SHAPE[1]), ">f4")
+    cases = {
+        "rows": [band, band],  # 20 of 32 rows
+        "wide": [np.zeros((32, SHAPE[1] + 1), ">f4")],
+        "float32": [band.astype(np.float64)],
+    }
+    for name, bands in cases.items():
+        with pytest.raises(ValueError, match=name):
+            write_calibrated_bands(tmp_path / f"{name}.fits", SHAPE, iter(bands), lambda: header)
+    headers = iter([header, calibrated_header(fits.Header({f"K{i}": i for i in range(40)}),
+                                              SHAPE, _provenance())])
+    with pytest.raises(ValueError, match="differs in size"):
+        write_calibrated_bands(tmp_path / "grown.fits", SHAPE, iter([np.zeros(SHAPE, ">f4")]),
+                               lambda: next(headers))
+    assert list(tmp_path.iterdir()) == []  # neither outputs nor temporary files
+
+
+def test_band_writer_puts_the_final_header_first(tmp_path: Path) -> None:
+    figures = iter([QUALITY, QualityFigures(median=7.25, noise=1.0, negative_fraction=0.5,
+                                            nan_fraction=0.25, samples=4)])
+
+    def header() -> fits.Header:
+        return calibrated_header(fits.Header(), SHAPE, _provenance(quality=next(figures)))
+
+    data = np.arange(SHAPE[0] * SHAPE[1], dtype=np.float32).reshape(SHAPE)
+    bands = (data[start:start + 7] for start in range(0, SHAPE[0], 7))  # native, 5 bands
+    write_calibrated_bands(tmp_path / "out.fits", SHAPE, bands, header)
+    with fits.open(tmp_path / "out.fits") as hdul:
+        hdul.verify("exception")
+        assert hdul[0].header["CALMED"] == 7.25
+        assert hdul[0].header["CALNANFR"] == 0.25
+        assert np.array_equal(hdul[0].data, data)
+
+
+def test_light_reader_reads_bands_and_notices_a_file_cut_short(tmp_path: Path) -> None:
+    physical = np.arange(SHAPE[0] * SHAPE[1], dtype=np.uint16).reshape(SHAPE) * 50
+    path = tmp_path / "light.fits"
+    fits.PrimaryHDU(physical).writeto(path)
+    with open_light(path) as light:
+        assert (light.shape, light.zero, light.dtype) == (SHAPE, 32768, np.dtype(">i2"))
+        assert np.array_equal(light.read_rows(3, 9).astype(np.int64) + 32768, physical[3:9])
+        assert np.array_equal(light.read_rows(30, 32).astype(np.int64) + 32768,
+                              physical[30:32])
+        with pytest.raises(ValueError, match="rows"):
+            light.read_rows(5, 33)
+        os.truncate(path, 2880 + 100)
+        with pytest.raises(LibraryError, match="truncated"):
+            light.read_rows(0, SHAPE[0])
 
 
 def test_output_names() -> None:

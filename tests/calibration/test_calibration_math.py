@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from phdserver.imaging.calibration import (
     MasterTerms,
+    QualitySampler,
     calibrate,
     calibrate_fits16,
     quality_figures,
@@ -157,3 +162,38 @@ def test_quality_figures_on_known_noise() -> None:
     assert shifted.negative_fraction == pytest.approx(0.5, abs=0.01)
     empty = quality_figures(np.full((4, 4), np.nan, np.float32))
     assert empty.nan_fraction == 1.0
+
+
+def test_terms_of_a_band_calibrate_the_band(masters: dict[str, np.ndarray]) -> None:
+    m = masters
+    terms = MasterTerms.from_masters(bias=m["bias"], dark=m["dark"], flat=m["flat"],
+                                     light_exposure_s=450, dark_exposure_s=300)
+    whole = calibrate(m["light"], terms)
+    stored = (m["light"].astype(np.int64) - 32768).astype(">i2")
+    for start, stop in ((0, 1), (5, 17), (31, 32), (0, 32)):
+        band = terms.rows(start, stop)
+        assert band.shape == (stop - start, SHAPE[1])
+        assert np.array_equal(calibrate(m["light"][start:stop], band), whole[start:stop])
+        fused = calibrate_fits16(stored[start:stop], band, bzero=32768)
+        assert np.array_equal(fused.astype(np.float32), whole[start:stop])
+    for start, stop in ((0, 0), (3, 2), (0, 33), (-1, 4)):
+        with pytest.raises(ValueError, match="rows"):
+            terms.rows(start, stop)
+
+
+@given(
+    height=st.integers(1, 300),
+    width=st.integers(1, 300),
+    cuts=st.lists(st.integers(1, 299), max_size=6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_quality_figures_do_not_depend_on_the_bands(height: int, width: int,
+                                                    cuts: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(10.0, 3.0, (height, width)).astype(np.float32)
+    image[rng.random((height, width)) < 0.05] = np.nan
+    edges = sorted({0, height, *(c for c in cuts if c < height)})
+    sampler = QualitySampler((height, width))
+    for start, stop in reversed(list(itertools.pairwise(edges))):  # any order
+        sampler.add(start, image[start:stop].astype(">f4"))
+    assert repr(sampler.figures()) == repr(quality_figures(image))  # NaN equal to NaN
