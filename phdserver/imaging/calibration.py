@@ -346,15 +346,22 @@ class QualitySampler:
         self._shape = shape
         self._step = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / _QUALITY_SAMPLES)))
         self._samples: list[np.ndarray] = []
+        self._figures: QualityFigures | None = None
 
     def add(self, first_row: int, band: np.ndarray) -> None:
         """Take the grid's pixels from ``band``, rows ``first_row:first_row + len(band)``."""
+        self._figures = None
         skip = -first_row % self._step
         self._samples.append(np.asarray(band[skip::self._step, ::self._step],
                                         dtype=np.float32).ravel())
 
     def figures(self) -> QualityFigures:
         """The figures of what was added; all NaN (``nan_fraction`` 1) before any band."""
+        if self._figures is None:
+            self._figures = self._compute()
+        return self._figures
+
+    def _compute(self) -> QualityFigures:
         sample = np.concatenate(self._samples) if self._samples else np.empty(0, np.float32)
         finite = sample[np.isfinite(sample)]
         total = sample.size

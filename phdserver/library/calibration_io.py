@@ -11,7 +11,8 @@ byte-swaps a copy of the float32 result on write (~19 ms). Here:
   (:func:`~phdserver.imaging.calibration.calibrate_fits16`), in the same pass as the
   arithmetic;
 * :func:`write_calibrated_bands` writes the big-endian float32 bands the calibration produced
-  (``out=`` a ``>f4`` band) as they come, after an astropy-built header: no whole-frame array
+  (``out=`` a ``>f4`` band) as they come, after an astropy-built header (whose quality figures
+  are set once the last band is out): no whole-frame array
   on either side, so a 4096² light streams through the CPU cache in ~1 MiB bands
   (:data:`BAND_BYTES`) instead of through memory three times.
 
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +57,7 @@ __all__ = [
     "existing_output_problem",
     "open_light",
     "output_path_for",
+    "quality_cards",
     "read_light",
     "read_light_header",
     "read_master",
@@ -348,13 +350,7 @@ def calibrated_header(
         cards.append(("FLATMED", float(provenance.flat_median), "median of the master flat"))
         cards.append(("CALNBADF", int(provenance.bad_flat_pixels),
                       "flat pixels <= 0 or non-finite, set to NaN"))
-    q = provenance.quality
-    cards += [
-        ("CALMED", _finite(q.median), "median of the calibrated frame"),
-        ("CALNOISE", _finite(q.noise), "robust noise, 1.4826 * MAD"),
-        ("CALNEGFR", _finite(q.negative_fraction), "fraction of pixels below zero"),
-        ("CALNANFR", _finite(q.nan_fraction), "fraction of NaN pixels"),
-    ]
+    cards += quality_cards(provenance.quality)
     for keyword, value, comment in cards:
         h.append((keyword, fits_text(value) if isinstance(value, str) else value, comment),
                  end=True)
@@ -363,6 +359,17 @@ def calibrated_header(
     if dropped:
         h.add_history(f"unreadable input cards dropped: {', '.join(sorted(set(dropped)))}")
     return h
+
+
+def quality_cards(quality: QualityFigures) -> list[FitsCard]:
+    """The header cards of the quality figures (NaN as the text ``'NaN'``)."""
+    q = quality
+    return [
+        ("CALMED", _finite(q.median), "median of the calibrated frame"),
+        ("CALNOISE", _finite(q.noise), "robust noise, 1.4826 * MAD"),
+        ("CALNEGFR", _finite(q.negative_fraction), "fraction of pixels below zero"),
+        ("CALNANFR", _finite(q.nan_fraction), "fraction of NaN pixels"),
+    ]
 
 
 def write_calibrated(
@@ -381,7 +388,7 @@ def write_calibrated(
         raise ValueError(f"data must be 2-D float32, got {data.dtype} {data.shape}")
     rows = band_rows(data.shape[1])
     bands = (data[start:start + rows] for start in range(0, data.shape[0], rows))
-    write_calibrated_bands(path, (data.shape[0], data.shape[1]), bands, lambda: header,
+    write_calibrated_bands(path, (data.shape[0], data.shape[1]), bands, header,
                            overwrite=overwrite, source=source)
 
 
@@ -389,8 +396,9 @@ def write_calibrated_bands(
     path: Path,
     shape: tuple[int, int],
     bands: Iterable[np.ndarray],
-    header: Callable[[], fits.Header],
+    header: fits.Header,
     *,
+    final_cards: Callable[[], Sequence[FitsCard]] | None = None,
     overwrite: bool = False,
     source: Path | None = None,
 ) -> None:
@@ -398,11 +406,11 @@ def write_calibrated_bands(
 
     ``bands`` are 2-D float32 arrays of any byte order (``>f4`` is written without a copy),
     each consumed before the next is asked for, so a producer can reuse one buffer.
-    ``header()`` is called twice: before the first band, to reserve the header's room, and
-    after the last, for the header written there; both must describe ``shape``
-    (:func:`calibrated_header`) and have the same number of cards (their values may differ: the
-    quality figures are known only once every band is out). ``source`` is the light's path;
-    writing onto it is refused.
+    ``header`` describes the image (:func:`calibrated_header`) and is written first.
+    ``final_cards()``, called after the last band, gives new values for cards ``header``
+    already has (the quality figures, known only once every band is out): they are set in
+    ``header`` and it is written again over the first, at the same size. ``source`` is the
+    light's path; writing onto it is refused.
 
     Raises
     ------
@@ -412,22 +420,21 @@ def write_calibrated_bands(
         ``path`` is the light itself.
     ValueError
         A band is not float32 of the frame's width, the bands do not add up to ``shape``, or
-        the two headers differ in size; nothing is left at ``path``.
+        a final card was not in ``header`` or changed its size; nothing is left at ``path``.
     OSError
         The file could not be written; nothing is left at ``path`` (or the old file is intact).
     """
     path = Path(path)
     if source is not None and os.path.abspath(path) == os.path.abspath(source):
         raise LibraryError(f"Refusing to write the calibrated frame over its light {source}.")
+    if (header.get("NAXIS1"), header.get("NAXIS2")) != (shape[1], shape[0]):
+        raise ValueError("header NAXIS1/NAXIS2 do not match the data")
 
-    def encoded_header() -> bytes:
-        h = header()
-        if (h.get("NAXIS1"), h.get("NAXIS2")) != (shape[1], shape[0]):
-            raise ValueError("header NAXIS1/NAXIS2 do not match the data")
+    def encoded(h: fits.Header) -> bytes:
         return h.tostring(sep="", endcard=True, padding=True).encode("ascii")
 
     def write(f: BinaryIO) -> None:
-        head = encoded_header()
+        head = encoded(header)
         f.write(head)
         rows = 0
         for band in bands:
@@ -444,12 +451,18 @@ def write_calibrated_bands(
         if rows != shape[0]:
             raise ValueError(f"the bands have {rows} rows, the image {shape[0]}")
         f.write(b"\0" * (-(shape[0] * shape[1] * 4) % _BLOCK))
-        final = encoded_header()
-        if len(final) != len(head):
+        if final_cards is None:
+            return
+        final = header.copy()
+        for keyword, value, comment in final_cards():
+            if keyword not in final:
+                raise ValueError(f"final card {keyword} has no room reserved in the header")
+            final[keyword] = (fits_text(value) if isinstance(value, str) else value, comment)
+        final_bytes = encoded(final)
+        if len(final_bytes) != len(head):
             raise ValueError("the final header differs in size from the one reserved")
-        if final != head:
-            f.seek(0)
-            f.write(final)
+        f.seek(0)
+        f.write(final_bytes)
 
     # Not fsynced: an output can be made again from its light and masters, and a per-file
     # fsync cost more than the calibration itself here. The rename is still atomic, and an

@@ -20,9 +20,9 @@ small big-endian float32 buffer, sampled for the quality figures and written, al
 band is in the CPU cache. The whole-frame way (a 32 MiB light array and a 64 MiB output array
 per frame) streamed about 100 MiB more through memory per 4096² light; banding made a frame
 about 25 % faster with one worker here, and more with two, which share one memory bus. The
-quality figures go into the header, which is written first: its room is reserved with
-placeholder figures and the final header is written over it once the last band is out (same
-cards, same size).
+quality figures go into the header, which is written first with placeholder figures; their
+cards are set and the header written again over the first (same cards, same size) once the
+last band is out.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.io import fits
 
 from phdserver.errors import LibraryError
 from phdserver.imaging.calibration import (
@@ -55,6 +54,7 @@ from phdserver.library.calibration_io import (
     calibrated_header,
     existing_output_problem,
     open_light,
+    quality_cards,
     read_master,
     write_calibrated_bands,
 )
@@ -171,20 +171,18 @@ def calibrate_frame(task: FrameTask) -> FrameOutcome:
         sampler = QualitySampler(terms.shape)
         with open_light(Path(task.light)) as light:
             _check_shape(light.shape, terms.shape)
-
-            def header() -> fits.Header:
-                provenance = Provenance(
-                    masters=tuple(MasterUse(kind=r.kind.value, name=r.name, checksum=r.checksum)
-                                  for r in refs),
-                    steps=(*terms.steps, *task.notes), quality=sampler.figures(),
-                    dark_scale=terms.dark_scale if task.dark is not None else None,
-                    flat_median=terms.flat_median, bad_flat_pixels=terms.bad_flat_pixels,
-                    software=task.software)
-                return calibrated_header(light.header, terms.shape, provenance)
-
-            write_calibrated_bands(Path(task.output), terms.shape,
-                                   _calibrated_bands(light, terms, sampler), header,
-                                   overwrite=task.overwrite, source=Path(task.light))
+            provenance = Provenance(
+                masters=tuple(MasterUse(kind=r.kind.value, name=r.name, checksum=r.checksum)
+                              for r in refs),
+                steps=(*terms.steps, *task.notes), quality=sampler.figures(),  # placeholders
+                dark_scale=terms.dark_scale if task.dark is not None else None,
+                flat_median=terms.flat_median, bad_flat_pixels=terms.bad_flat_pixels,
+                software=task.software)
+            write_calibrated_bands(
+                Path(task.output), terms.shape, _calibrated_bands(light, terms, sampler),
+                calibrated_header(light.header, terms.shape, provenance),
+                final_cards=lambda: quality_cards(sampler.figures()),
+                overwrite=task.overwrite, source=Path(task.light))
     except FileExistsError:
         return existing_output_outcome(task)
     except LibraryError as exc:

@@ -18,6 +18,7 @@ from phdserver.library.calibration_io import (
     calibrated_header,
     open_light,
     output_path_for,
+    quality_cards,
     read_light,
     read_light_header,
     read_master,
@@ -152,30 +153,35 @@ def test_band_writer_refuses_bands_that_do_not_make_the_image(tmp_path: Path) ->
     }
     for name, bands in cases.items():
         with pytest.raises(ValueError, match=name):
-            write_calibrated_bands(tmp_path / f"{name}.fits", SHAPE, iter(bands), lambda: header)
-    headers = iter([header, calibrated_header(fits.Header({f"K{i}": i for i in range(40)}),
-                                              SHAPE, _provenance())])
+            write_calibrated_bands(tmp_path / f"{name}.fits", SHAPE, iter(bands), header)
+    whole = [np.zeros(SHAPE, ">f4")]
+    with pytest.raises(ValueError, match="no room reserved"):
+        write_calibrated_bands(tmp_path / "new.fits", SHAPE, iter(whole), header,
+                               final_cards=lambda: [("NEWCARD", 1, "")])
     with pytest.raises(ValueError, match="differs in size"):
-        write_calibrated_bands(tmp_path / "grown.fits", SHAPE, iter([np.zeros(SHAPE, ">f4")]),
-                               lambda: next(headers))
+        write_calibrated_bands(tmp_path / "grown.fits", SHAPE, iter(whole), header,
+                               final_cards=lambda: [("CALSOFT", "x" * 4000, "")])
+    with pytest.raises(ValueError, match="NAXIS"):
+        write_calibrated_bands(tmp_path / "naxis.fits", (SHAPE[0] + 1, SHAPE[1]), iter(whole),
+                               header)
     assert list(tmp_path.iterdir()) == []  # neither outputs nor temporary files
 
 
-def test_band_writer_puts_the_final_header_first(tmp_path: Path) -> None:
-    figures = iter([QUALITY, QualityFigures(median=7.25, noise=1.0, negative_fraction=0.5,
-                                            nan_fraction=0.25, samples=4)])
-
-    def header() -> fits.Header:
-        return calibrated_header(fits.Header(), SHAPE, _provenance(quality=next(figures)))
-
+def test_band_writer_sets_the_final_cards_in_the_header(tmp_path: Path) -> None:
+    header = calibrated_header(fits.Header(), SHAPE, _provenance())
+    final = QualityFigures(median=7.25, noise=1.0, negative_fraction=0.5, nan_fraction=0.25,
+                           samples=4)
     data = np.arange(SHAPE[0] * SHAPE[1], dtype=np.float32).reshape(SHAPE)
     bands = (data[start:start + 7] for start in range(0, SHAPE[0], 7))  # native, 5 bands
-    write_calibrated_bands(tmp_path / "out.fits", SHAPE, bands, header)
+    write_calibrated_bands(tmp_path / "out.fits", SHAPE, bands, header,
+                           final_cards=lambda: quality_cards(final))
     with fits.open(tmp_path / "out.fits") as hdul:
         hdul.verify("exception")
         assert hdul[0].header["CALMED"] == 7.25
         assert hdul[0].header["CALNANFR"] == 0.25
+        assert hdul[0].header.comments["CALMED"] == "median of the calibrated frame"
         assert np.array_equal(hdul[0].data, data)
+    assert header["CALMED"] == QUALITY.median  # the caller's header is not changed
 
 
 def test_light_reader_reads_bands_and_notices_a_file_cut_short(tmp_path: Path) -> None:
