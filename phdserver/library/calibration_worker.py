@@ -59,7 +59,7 @@ from phdserver.library.calibration_io import (
     write_calibrated_bands,
 )
 from phdserver.library.fits_headers import FrameType
-from phdserver.library.masters_db import MasterRecord
+from phdserver.library.master_records import MasterRecord
 
 __all__ = [
     "FrameOutcome",

@@ -19,9 +19,8 @@ caller names the type. A PHD2 dark library (several image HDUs, or named ``PHD2_
 becomes one dark per HDU, referred to as ``path#hdu``. A defect map (``PHD2_defect_map*.txt``)
 is registered as type ``defect_map`` for reference only.
 
-**Schema.** ``schema_version`` holds one row; :data:`MIGRATIONS` lists the statements that take
-version ``i`` to ``i + 1`` and run in one ``BEGIN IMMEDIATE`` transaction at open, so two
-processes opening an old file migrate it once. A file from a newer phdserver is refused.
+**Schema** (:mod:`.masters_schema`): versioned, migrated at open in one transaction; a file
+from a newer phdserver is refused. The records are in :mod:`.master_records`, re-exported here.
 
 **Threads.** An SQLite connection belongs to the thread that opened it: open a
 :class:`MastersDB` per call or per thread (``with MastersDB(path) as db: ...``); it is cheap.
@@ -30,15 +29,12 @@ WAL journaling lets one writer and many readers (the daemon and the CLI) share t
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +46,17 @@ from phdserver.library.fits_headers import (
     FrameType,
     read_hdu_metadata,
 )
+from phdserver.library.master_records import (
+    ImportOutcome,
+    ImportStatus,
+    MasterCheck,
+    MasterRecord,
+    Origin,
+    UnknownMaster,
+    VerifyStatus,
+    file_checksum,
+)
+from phdserver.library.masters_schema import MIGRATIONS, migrate, record_from_row, row_values
 
 __all__ = [
     "DB_FILE_NAME",
@@ -67,141 +74,6 @@ __all__ = [
 ]
 
 DB_FILE_NAME = "calibration_masters.sqlite3"
-
-_META_COLUMNS = (
-    "camera", "optic", "exposure_s", "set_temp_c", "ccd_temp_c", "binning_x", "binning_y",
-    "gain", "offset", "readout_mode", "filter", "width", "height",
-)
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (  # 0 -> 1
-        """CREATE TABLE masters (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            frame_type TEXT NOT NULL, path TEXT NOT NULL, hdu INTEGER NOT NULL DEFAULT 0,
-            camera TEXT, optic TEXT, exposure_s REAL, set_temp_c REAL, ccd_temp_c REAL,
-            binning_x INTEGER, binning_y INTEGER, gain REAL, "offset" REAL, readout_mode TEXT,
-            filter TEXT, width INTEGER, height INTEGER, date_obs TEXT, night TEXT,
-            bias_subtracted INTEGER NOT NULL DEFAULT 0, sources TEXT NOT NULL DEFAULT '{}',
-            size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, checksum TEXT NOT NULL,
-            imported_at TEXT NOT NULL, origin TEXT NOT NULL,
-            UNIQUE (path, hdu))""",
-        "CREATE INDEX masters_by_type ON masters (frame_type)",
-        "CREATE INDEX masters_by_checksum ON masters (checksum)",
-    ),
-)
-"""``MIGRATIONS[i]`` takes a database from schema version ``i`` to ``i + 1``. Append only."""
-
-
-class Origin(enum.StrEnum):
-    IMPORT = "import"
-    DARK_LIBRARY = "dark_library"
-    DEFECT_MAP = "defect_map"
-
-
-class UnknownMaster(LibraryError):
-    """No master has the id the caller gave."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MasterRecord:
-    """One master in the library: where it is, what it is, and its file's fingerprint."""
-
-    id: int
-    frame_type: FrameType
-    path: Path
-    hdu: int = 0
-    meta: FrameMetadata
-    size_bytes: int
-    mtime_ns: int
-    checksum: str
-    """SHA-256 of the whole file, hex."""
-    imported_at: datetime
-    origin: Origin = Origin.IMPORT
-
-    @property
-    def name(self) -> str:
-        """File name, with ``#hdu`` for a dark-library HDU: what headers and messages show."""
-        return f"{self.path.name}#{self.hdu}" if self._multi_hdu else self.path.name
-
-    @property
-    def ref(self) -> str:
-        """Full path, with ``#hdu`` for a dark-library HDU."""
-        return f"{self.path}#{self.hdu}" if self._multi_hdu else str(self.path)
-
-    @property
-    def _multi_hdu(self) -> bool:
-        return self.hdu != 0 or self.origin is Origin.DARK_LIBRARY
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "frame_type": self.frame_type.value,
-            "path": str(self.path),
-            "hdu": self.hdu,
-            "name": self.name,
-            "ref": self.ref,
-            "size_bytes": self.size_bytes,
-            "checksum": self.checksum,
-            "imported_at": self.imported_at.isoformat(),
-            "origin": self.origin.value,
-            "meta": self.meta.to_json(),
-        }
-
-
-class VerifyStatus(enum.StrEnum):
-    OK = "ok"
-    MISSING = "missing"
-    CHANGED = "changed"
-    UNREADABLE = "unreadable"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MasterCheck:
-    """The state of one master's file compared with its record."""
-
-    record: MasterRecord
-    status: VerifyStatus
-    message: str
-
-    @property
-    def usable(self) -> bool:
-        return self.status is VerifyStatus.OK
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.record.id, "ref": self.record.ref, "status": self.status.value,
-                "message": self.message}
-
-
-class ImportStatus(enum.StrEnum):
-    ADDED = "added"
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
-    RELOCATED = "relocated"
-    DUPLICATE = "duplicate"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImportOutcome:
-    """What importing one file (or one HDU of it) did."""
-
-    path: Path
-    hdu: int | None
-    status: ImportStatus
-    message: str
-    record: MasterRecord | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": str(self.path), "hdu": self.hdu, "status": self.status.value,
-                "message": self.message,
-                "record": self.record.to_json() if self.record else None}
-
-
-def file_checksum(path: Path) -> str:
-    """SHA-256 of a file's bytes, hex."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
 
 class MastersDB:
     """An open master library. Use per call or per thread, as a context manager."""
@@ -249,13 +121,13 @@ class MastersDB:
             rows = self._conn.execute(
                 "SELECT * FROM masters WHERE frame_type = ? ORDER BY id", (frame_type.value,)
             )
-        return [_record(row) for row in rows]
+        return [record_from_row(row) for row in rows]
 
     def get(self, master_id: int) -> MasterRecord:
         row = self._conn.execute("SELECT * FROM masters WHERE id = ?", (master_id,)).fetchone()
         if row is None:
             raise UnknownMaster(f"No calibration master has id {master_id}.")
-        return _record(row)
+        return record_from_row(row)
 
     def add(
         self,
@@ -271,7 +143,7 @@ class MastersDB:
         """Insert a record as given (the importers below fill it from the file)."""
         if meta.frame_type is None:
             raise ValueError("a master needs a frame type")
-        values = _row_values(meta)
+        values = row_values(meta)
         values.update(path=str(path), hdu=hdu, checksum=checksum, size_bytes=size_bytes,
                       mtime_ns=mtime_ns, origin=origin.value,
                       imported_at=datetime.now(UTC).isoformat(timespec="seconds"))
@@ -446,13 +318,13 @@ class MastersDB:
         self, path: Path, hdu: int, meta: FrameMetadata, checksum: str, st: os.stat_result,
         origin: Origin,
     ) -> ImportOutcome:
-        fields = dict(_row_values(meta), checksum=checksum, size_bytes=st.st_size,
+        fields = dict(row_values(meta), checksum=checksum, size_bytes=st.st_size,
                       mtime_ns=st.st_mtime_ns, origin=origin.value)
         row = self._conn.execute(
             "SELECT * FROM masters WHERE path = ? AND hdu = ?", (str(path), hdu)
         ).fetchone()
         if row is not None:
-            old = _record(row)
+            old = record_from_row(row)
             record = self._update(old.id, **fields)
             if old.checksum == checksum:
                 return ImportOutcome(path=path, hdu=hdu, status=ImportStatus.UNCHANGED,
@@ -461,7 +333,7 @@ class MastersDB:
                                  message=f"#{old.id}: the file changed since its import on "
                                          f"{old.imported_at:%Y-%m-%d}; record refreshed",
                                  record=record)
-        for twin in (_record(r) for r in self._conn.execute(
+        for twin in (record_from_row(r) for r in self._conn.execute(
             "SELECT * FROM masters WHERE checksum = ? AND hdu = ? ORDER BY id", (checksum, hdu)
         )):
             if _stat(twin.path) is None:
@@ -476,73 +348,6 @@ class MastersDB:
                           size_bytes=st.st_size, mtime_ns=st.st_mtime_ns, origin=origin)
         return ImportOutcome(path=path, hdu=hdu, status=ImportStatus.ADDED,
                              message=f"added as #{record.id} ({meta.frame_type})", record=record)
-
-
-def migrate(conn: sqlite3.Connection, migrations: Sequence[Sequence[str]] = MIGRATIONS) -> int:
-    """Bring the schema to ``len(migrations)``; return the version found before.
-
-    Raises
-    ------
-    LibraryError
-        The file's schema is newer than this code knows.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        if row is None:
-            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
-        found = int(row[0]) if row is not None else 0
-        _refuse_newer(found, len(migrations))
-        for version in range(found, len(migrations)):
-            for statement in migrations[version]:
-                conn.execute(statement)
-        if found != len(migrations):  # an up-to-date file is not written to at all
-            conn.execute("UPDATE schema_version SET version = ?", (len(migrations),))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return found
-
-
-def _refuse_newer(found: int, known: int) -> None:
-    if found > known:
-        raise LibraryError(
-            f"The master library uses schema version {found}, newer than this phdserver "
-            f"knows ({known}); upgrade phdserver."
-        )
-
-
-def _row_values(meta: FrameMetadata) -> dict[str, Any]:
-    values: dict[str, Any] = {name: getattr(meta, name) for name in _META_COLUMNS}
-    values.update(
-        frame_type=meta.frame_type.value if meta.frame_type else None,
-        date_obs=meta.date_obs.isoformat() if meta.date_obs else None,
-        night=meta.night.isoformat() if meta.night else None,
-        bias_subtracted=int(meta.bias_subtracted),
-        sources=json.dumps(dict(meta.sources)),
-    )
-    return values
-
-
-def _record(row: sqlite3.Row) -> MasterRecord:
-    frame_type = FrameType(row["frame_type"])
-    meta = FrameMetadata(
-        frame_type=frame_type,
-        is_master=True,
-        date_obs=datetime.fromisoformat(row["date_obs"]) if row["date_obs"] else None,
-        night=date.fromisoformat(row["night"]) if row["night"] else None,
-        bias_subtracted=bool(row["bias_subtracted"]),
-        sources=tuple(sorted(json.loads(row["sources"]).items())),
-        **{name: row[name] for name in _META_COLUMNS},
-    )
-    return MasterRecord(
-        id=int(row["id"]), frame_type=frame_type, path=Path(row["path"]), hdu=int(row["hdu"]),
-        meta=meta, size_bytes=int(row["size_bytes"]), mtime_ns=int(row["mtime_ns"]),
-        checksum=row["checksum"], imported_at=datetime.fromisoformat(row["imported_at"]),
-        origin=Origin(row["origin"]),
-    )
 
 
 def _stat(path: Path) -> os.stat_result | None:

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 
 from phdserver.errors import LibraryError
 from phdserver.library.fits_headers import FrameMetadata, FrameType
-from phdserver.library.masters_db import MasterRecord
+from phdserver.library.master_records import MasterRecord
 
 __all__ = [
     "CALIBRATION_TYPES",
