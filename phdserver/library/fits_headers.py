@@ -33,7 +33,6 @@ from __future__ import annotations
 import enum
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from phdserver.errors import LibraryError
+from phdserver.library import header_values as hv
 from phdserver.library.fits_frames import open_fits
 
 __all__ = [
@@ -86,10 +86,6 @@ _OPTIC_KEYS = ("TELESCOP",)
 _LONGITUDE_KEYS = ("SITELONG", "OBSGEO-L", "LONG-OBS")
 _COMBINED_KEYS = ("NCOMBINE", "STACKCNT", "NFRAMES")
 
-# A temperature at or below this is a "no sensor" sentinel (indi-allsky writes -273.15; old
-# N.I.N.A. wrote -1.8e308 for an unset cooler).
-_MIN_TEMPERATURE_C = -273.0
-_MAX_ABS_VALUE = 1e30
 _PLURALS = {"darks": "dark", "flats": "flat", "lights": "light", "biases": "bias"}
 
 
@@ -195,7 +191,7 @@ def metadata_from_header(
 
     ``header`` is an astropy ``Header`` or any mapping of keyword to value (keywords upper case).
     """
-    header = _plain(header)
+    header = hv.plain_header(header)
     found: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
@@ -208,22 +204,22 @@ def metadata_from_header(
                     sources[name] = key
                     return
 
-    take("frame_type_text", _TYPE_KEYS, _text)
-    take("camera", _CAMERA_KEYS, _text)
-    take("optic", _OPTIC_KEYS, _text)
-    take("exposure_s", _EXPOSURE_KEYS, _non_negative)
-    take("set_temp_c", _SET_TEMP_KEYS, _temperature)
-    take("ccd_temp_c", _CCD_TEMP_KEYS, _temperature)
-    take("binning_x", _XBIN_KEYS, _positive_int)
-    take("binning_y", _YBIN_KEYS, _positive_int)
-    take("gain", _GAIN_KEYS, _number)
-    take("offset", _OFFSET_KEYS, _number)
-    take("readout_mode", _READOUT_KEYS, _text)
-    take("filter", _FILTER_KEYS, _text)
-    take("width", ("NAXIS1",), _positive_int)
-    take("height", ("NAXIS2",), _positive_int)
-    take("combined", _COMBINED_KEYS, _positive_int)
-    take("longitude", _LONGITUDE_KEYS, _longitude)
+    take("frame_type_text", _TYPE_KEYS, hv.to_text)
+    take("camera", _CAMERA_KEYS, hv.to_text)
+    take("optic", _OPTIC_KEYS, hv.to_text)
+    take("exposure_s", _EXPOSURE_KEYS, hv.to_non_negative)
+    take("set_temp_c", _SET_TEMP_KEYS, hv.to_temperature)
+    take("ccd_temp_c", _CCD_TEMP_KEYS, hv.to_temperature)
+    take("binning_x", _XBIN_KEYS, hv.to_positive_int)
+    take("binning_y", _YBIN_KEYS, hv.to_positive_int)
+    take("gain", _GAIN_KEYS, hv.to_number)
+    take("offset", _OFFSET_KEYS, hv.to_number)
+    take("readout_mode", _READOUT_KEYS, hv.to_text)
+    take("filter", _FILTER_KEYS, hv.to_text)
+    take("width", ("NAXIS1",), hv.to_positive_int)
+    take("height", ("NAXIS2",), hv.to_positive_int)
+    take("combined", _COMBINED_KEYS, hv.to_positive_int)
+    take("longitude", _LONGITUDE_KEYS, hv.to_longitude)
     if "binning_x" not in found and "BINNING" in header:
         pair = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", str(header["BINNING"]))
         if pair:
@@ -238,10 +234,10 @@ def metadata_from_header(
     is_master = is_master or combined > 1
     sources.pop("combined", None)
 
-    date_obs = _date_obs(header)
+    date_obs = hv.date_obs(header)
     if date_obs is not None:
         sources["date_obs"] = "DATE-OBS"
-    local = _parse_datetime(header.get("DATE-LOC"), assume_utc=False)
+    local = hv.parse_datetime(header.get("DATE-LOC"), assume_utc=False)
     longitude = found.pop("longitude", None)
     sources.pop("longitude", None)
     night, night_source = night_of(
@@ -334,135 +330,6 @@ def read_frame_metadata(
     return metadata_from_header(header, path=path, default_longitude_deg=default_longitude_deg)
 
 
-# --- value conversion -------------------------------------------------------------------------
-
-
-def _plain(header: Mapping[str, Any]) -> dict[str, Any]:
-    """Keyword -> value, first occurrence wins, commentary cards left out.
-
-    An astropy header raises ``VerifyError`` for a card it cannot parse (N.I.N.A. 1.x wrote
-    ``DATE-OBS`` unquoted); such a card is repaired the way astropy's ``silentfix`` does (the
-    text is taken as a string), or skipped when even that fails.
-    """
-    cards = getattr(header, "cards", None)
-    if cards is None:
-        return {str(k).upper(): v for k, v in header.items()}
-    out: dict[str, Any] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # astropy's VerifyWarning while it repairs a card
-        for card in cards:
-            keyword = card.keyword
-            if not keyword or keyword in out or keyword in {"COMMENT", "HISTORY"}:
-                continue
-            try:
-                out[keyword] = card.value
-            except Exception:  # astropy's VerifyError and friends: repair or skip
-                try:
-                    card.verify("silentfix")
-                    out[keyword] = card.value
-                except Exception:
-                    continue
-    return out
-
-
-def _number(value: object) -> float | None:
-    """A finite float from a number or numeric string; None for anything else or a sentinel."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip().rstrip("sScC").strip())
-        except ValueError:
-            return None
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(number) or abs(number) > _MAX_ABS_VALUE:
-        return None
-    return number
-
-
-def _non_negative(value: object) -> float | None:
-    number = _number(value)
-    return number if number is not None and number >= 0 else None
-
-
-def _temperature(value: object) -> float | None:
-    number = _number(value)
-    return number if number is not None and number > _MIN_TEMPERATURE_C else None
-
-
-def _positive_int(value: object) -> int | None:
-    number = _number(value)
-    if number is None or number < 1 or number != int(number):
-        return None
-    return int(number)
-
-
-def _text(value: object) -> str | None:
-    if value is None or isinstance(value, bool):
-        return None
-    text = " ".join(str(value).split())
-    return text or None
-
-
-def _longitude(value: object) -> float | None:
-    """Degrees east from a number or a sexagesimal string (``'-68:10:48'``, ``'012 34 56 E'``)."""
-    number = _number(value)
-    if number is not None:
-        return number if -360.0 <= number <= 360.0 else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip().upper()
-    west = text.endswith("W")
-    parts = [p for p in re.split(r"[^0-9.+-]+", text.rstrip("EW")) if p]
-    try:
-        numbers = [float(p) for p in parts[:3]]
-    except ValueError:
-        return None
-    if not numbers:
-        return None
-    sign = -1.0 if parts[0].startswith("-") or west else 1.0
-    degrees = abs(numbers[0]) + sum(abs(n) / 60.0**i for i, n in enumerate(numbers[1:], 1))
-    return sign * degrees if degrees <= 360.0 else None
-
-
-def _parse_datetime(value: object, *, assume_utc: bool) -> datetime | None:
-    """ISO 8601 with any number of fractional digits and an optional ``Z`` or offset."""
-    if not isinstance(value, str):
-        return None
-    m = re.fullmatch(
-        r"\s*(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d+))?)?"
-        r"\s*(Z|[+-]\d{2}:?\d{2})?\s*",
-        value,
-    )
-    if not m:
-        return None
-    text = m[1] + "T" + (m[2] or "00:00:00")
-    if m[3]:
-        text += "." + m[3][:6].ljust(6, "0")
-    if m[4]:
-        text += "+00:00" if m[4] == "Z" else m[4]
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None and assume_utc:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC) if parsed.tzinfo is not None and assume_utc else parsed
-
-
-def _date_obs(header: Mapping[str, Any]) -> datetime | None:
-    """``DATE-OBS`` as aware UTC; a date-only value takes its time from ``TIME-OBS``/``UT``."""
-    raw = header.get("DATE-OBS")
-    if isinstance(raw, str) and "T" not in raw.strip() and len(raw.strip()) == 10:
-        time_part = header.get("TIME-OBS", header.get("UT"))
-        if isinstance(time_part, str) and time_part.strip():
-            raw = f"{raw.strip()}T{time_part.strip()}"
-    return _parse_datetime(raw, assume_utc=True)
-
-
 def _bias_subtracted(header: Mapping[str, Any]) -> bool:
     if header.get("BIASSUB") is True or "SUBBIAS" in header:
         return True
@@ -474,16 +341,16 @@ def _bias_subtracted(header: Mapping[str, Any]) -> bool:
 
 # Token key -> (field, converter). Longest keys first so SET-TEMP wins over TEMP-like prefixes.
 _NAME_KEYS: dict[str, tuple[str, Any]] = {
-    "EXPOSURE": ("exposure_s", _non_negative),
-    "EXPTIME": ("exposure_s", _non_negative),
-    "EXP": ("exposure_s", _non_negative),
-    "SET-TEMP": ("set_temp_c", _temperature),
-    "SETTEMP": ("set_temp_c", _temperature),
-    "CCD-TEMP": ("ccd_temp_c", _temperature),
-    "GAIN": ("gain", _number),
-    "OFFSET": ("offset", _number),
-    "READOUTM": ("readout_mode", _text),
-    "FILTER": ("filter", _text),
+    "EXPOSURE": ("exposure_s", hv.to_non_negative),
+    "EXPTIME": ("exposure_s", hv.to_non_negative),
+    "EXP": ("exposure_s", hv.to_non_negative),
+    "SET-TEMP": ("set_temp_c", hv.to_temperature),
+    "SETTEMP": ("set_temp_c", hv.to_temperature),
+    "CCD-TEMP": ("ccd_temp_c", hv.to_temperature),
+    "GAIN": ("gain", hv.to_number),
+    "OFFSET": ("offset", hv.to_number),
+    "READOUTM": ("readout_mode", hv.to_text),
+    "FILTER": ("filter", hv.to_text),
     "BIN": ("binning", None),
     "BINNING": ("binning", None),
 }
