@@ -11,7 +11,6 @@ master. After saving, the map is loaded (which unloads a dark library, as in PHD
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from phdserver.imaging import (
     DefectMapResult,
     MeanStacker,
     build_defect_map,
-    default_workers,
     phd2_median_filter,
 )
 from phdserver.library import (
@@ -40,17 +38,6 @@ from .registry import OperationHandle
 __all__ = ["DefectMapRequest", "refine_defect_map", "run_defect_map_build"]
 
 CAPTURE_SHARE = 80.0
-
-
-def filter_workers() -> int:
-    """Threads for the 31×31 filter in the daemon: one fewer than the cores, at least one.
-
-    The filter is the only stage of a build that can fill every core, and status polls must be
-    answered within milliseconds meanwhile: a core is left to the event loop and the clients
-    on this machine. The filter is still far inside its own bar with one thread fewer (4096²:
-    1.4 s on 1 thread here against the 6 s bar; 1280×960: 0.09 s against 0.5 s).
-    """
-    return max(1, default_workers() - 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,8 +72,7 @@ async def run_defect_map_build(
     master = await trio.to_thread.run_sync(stacker.result)
     handle.set_status("building_filtered_dark", "Median-filtering the master dark (31x31)",
                       progress=84)
-    filtered = await trio.to_thread.run_sync(
-        functools.partial(phd2_median_filter, master, workers=filter_workers()))
+    filtered = await trio.to_thread.run_sync(phd2_median_filter, master)
     handle.set_status("analyzing_defects", "Finding hot and cold pixels", progress=92)
     result = await trio.to_thread.run_sync(
         build_defect_map, master, filtered, request.hot_aggressiveness,
