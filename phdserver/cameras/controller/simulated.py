@@ -29,9 +29,7 @@ import enum
 import io
 import os
 import re
-import termios
 import time
-import tty
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -55,6 +53,7 @@ from phdserver.cameras.controller._protocol import (
     error_reply,
     parse_command,
 )
+from phdserver.cameras.controller._sim_serial import serve_serial
 from phdserver.cameras.sensor_model import SensorConfig, SensorModel
 
 __all__ = ["FAULTS", "Fault", "SimController", "SimControllerSettings", "serve_sim_controller"]
@@ -451,50 +450,6 @@ async def _read_command(stream: trio.SocketStream) -> str | None:
     return text if text.strip() else None
 
 
-def _open_tty(path: str, baudrate: int) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-    tty.setraw(fd)
-    speed = getattr(termios, f"B{baudrate}", None)
-    if speed is not None:
-        attrs = termios.tcgetattr(fd)
-        attrs[4] = attrs[5] = speed
-        termios.tcsetattr(fd, termios.TCSANOW, attrs)
-    return fd
-
-
-async def _serve_serial(controller: SimController, settings: SimControllerSettings, *,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    spec = settings.serial
-    if spec is not None and spec.startswith("socket://"):
-        host, _, port = spec.removeprefix("socket://").rpartition(":")
-        listeners = await trio.open_tcp_listeners(int(port), host=host or None)
-        controller.serial_path = "socket://{}:{}".format(*listeners[0].socket.getsockname()[:2])
-        task_status.started()
-        await trio.serve_listeners(controller.serve_line, listeners)
-        return
-    keep: list[int] = []
-    if settings.serial_fd is not None:
-        fd = os.dup(settings.serial_fd)
-        controller.serial_path = f"fd {settings.serial_fd}"
-    elif spec == "pty":
-        fd, slave = os.openpty()
-        tty.setraw(slave)
-        keep.append(slave)  # held open so that reads never fail with EIO
-        controller.serial_path = os.ttyname(slave)
-    else:
-        assert spec is not None
-        fd = _open_tty(spec, settings.baudrate)
-        controller.serial_path = spec
-    if os.isatty(fd):
-        tty.setraw(fd)  # no echo, no line editing: bytes pass as they are
-    try:
-        task_status.started()
-        await controller.serve_fd(fd)
-    finally:
-        for descriptor in (fd, *keep):
-            os.close(descriptor)
-
-
 async def serve_sim_controller(
     settings: SimControllerSettings,
     *,
@@ -516,5 +471,5 @@ async def serve_sim_controller(
             handler = partial(controller.serve_tcp, status_only=status_only)
             nursery.start_soon(trio.serve_listeners, handler, listeners)
         if settings.serial is not None or settings.serial_fd is not None:
-            await nursery.start(_serve_serial, controller, settings)
+            await nursery.start(serve_serial, controller, settings)
         task_status.started(controller)
