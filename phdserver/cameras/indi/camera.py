@@ -35,23 +35,21 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import structlog
 import trio
 
 from phdserver.cameras.base import CameraInfo, CoolerStatus, Frame, FrameType, Subframe
+from phdserver.cameras.indi._arm import arm_device, send_switch_if_present
 from phdserver.cameras.indi._blob import decode_image
 from phdserver.cameras.indi._client import (
     ClientEvent,
     IndiClient,
-    IndiTimeout,
     LinkDown,
     OpenStream,
-    Property,
 )
+from phdserver.cameras.indi._settings import IndiSettings
 from phdserver.cameras.indi._xml import DefVector, DelProperty, Event, SetVector
 from phdserver.errors import CameraError, Refused
 
@@ -66,39 +64,6 @@ _FRAME_TYPES = {
     FrameType.BIAS: "FRAME_BIAS",
     FrameType.FLAT: "FRAME_FLAT",
 }
-_INFO_SETTLE_S = 1.0
-"""Drivers fill ``<P>INFO`` in several steps after CONNECT; wait this long for all of it."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IndiSettings:
-    """Where the INDI camera is and how long to wait for it."""
-
-    device: str
-    host: str = "localhost"
-    port: int = 7624
-    chip: Literal["ccd", "guider"] = "ccd"
-    timeout_s: float = 30.0
-    """Added to the exposure time for every wait during a capture."""
-    connect_timeout_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not self.device:
-            raise ValueError("device must be a non-empty INDI device name")
-        if self.chip not in ("ccd", "guider"):
-            raise ValueError(f"chip must be 'ccd' or 'guider', not {self.chip!r}")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be 1..65535, got {self.port}")
-        if not (self.timeout_s > 0 and self.connect_timeout_s > 0):
-            raise ValueError("timeouts must be > 0")
-
-    @property
-    def prefix(self) -> str:
-        return "CCD_" if self.chip == "ccd" else "GUIDER_"
-
-    @property
-    def blob(self) -> str:
-        return "CCD1" if self.chip == "ccd" else "CCD2"
 
 
 class IndiCamera:
@@ -185,7 +150,9 @@ class IndiCamera:
             await self._client.wait_link(timeout_s=self.settings.connect_timeout_s)
             async with self._arm_lock:
                 if not self.connected:
-                    await self._arm(self.settings.connect_timeout_s)
+                    self._info = await arm_device(self._client, self.settings, self.name,
+                                                  self.settings.connect_timeout_s)
+                    self._ready = True
         except BaseException:
             self._want = reconnecting
             raise
@@ -223,7 +190,7 @@ class IndiCamera:
         self._exposing = True
         sent = received = False
         try:
-            await self._send_switch_if_present(f"{p}FRAME_TYPE", _FRAME_TYPES[frame_type])
+            await send_switch_if_present(c, dev, f"{p}FRAME_TYPE", _FRAME_TYPES[frame_type])
             if c.property(dev, f"{p}BINNING") is not None:
                 bins = {"HOR_BIN": binning, "VER_BIN": binning}
                 await c.send_new_number(dev, f"{p}BINNING", bins)
@@ -333,106 +300,14 @@ class IndiCamera:
             raise Refused(f"INDI: '{self.settings.device}' has no cooler")
         c, dev = self._client, self.settings.device
         if enabled:
-            await self._send_switch_if_present("CCD_COOLER", "COOLER_ON")
+            await send_switch_if_present(c, dev, "CCD_COOLER", "COOLER_ON")
             if setpoint_c is not None:
                 target = {"CCD_TEMPERATURE_VALUE": setpoint_c}
                 await c.send_new_number(dev, "CCD_TEMPERATURE", target)
                 self._setpoint = setpoint_c
         else:
-            await self._send_switch_if_present("CCD_COOLER", "COOLER_OFF")
+            await send_switch_if_present(c, dev, "CCD_COOLER", "COOLER_OFF")
             self._setpoint = None
-
-    # -- arming the device ------------------------------------------------------------------------
-
-    async def _arm(self, timeout_s: float) -> None:
-        """Connect the INDI device and set it up for us; ``_ready`` on success."""
-        s, dev, c = self.settings, self.settings.device, self._client
-        deadline = trio.current_time() + timeout_s
-
-        def left() -> float:
-            return max(0.0, deadline - trio.current_time())
-
-        try:
-            conn = await c.wait_property(
-                dev, "CONNECTION", timeout_s=left(), what=f"device '{dev}'"
-            )
-        except IndiTimeout as exc:
-            others = ", ".join(d for d in c.devices()) or "none"
-            raise CameraError(
-                f"INDI: no device '{dev}' on indiserver at {c.address} (devices: {others})"
-            ) from exc
-        if not (conn.switch("CONNECT") and conn.state == "Ok"):
-            def settled(ev: Event) -> bool:
-                return (isinstance(ev, SetVector) and ev.device == dev
-                        and ev.name == "CONNECTION" and ev.state in ("Ok", "Alert"))
-
-            with c.watch(settled, device=dev) as w:
-                await c.send_new_switch(dev, "CONNECTION", {"CONNECT": True})
-                await w.wait(timeout_s=left(), what=f"'{dev}' to connect")
-            conn = c.property(dev, "CONNECTION")
-            if conn is None or not conn.switch("CONNECT") or conn.state != "Ok":
-                detail = c.last_message(dev)
-                raise CameraError(
-                    f"INDI: '{dev}' failed to connect" + (f": {detail}" if detail else "")
-                )
-        for name in (f"{s.prefix}EXPOSURE", s.blob, f"{s.prefix}INFO"):
-            await c.wait_property(dev, name, timeout_s=left(), what=f"'{dev}.{name}'")
-        info_name = f"{s.prefix}INFO"
-        sized = await c.wait_property(
-            dev, info_name, lambda p: _positive(p, "CCD_MAX_X", "CCD_MAX_Y"), timeout_s=left(),
-            what=f"the sensor size in '{dev}.{info_name}'",
-        )
-        with trio.move_on_after(min(_INFO_SETTLE_S, left())):
-            sized = await c.wait_property(
-                dev, info_name,
-                lambda p: _positive(p, "CCD_MAX_X", "CCD_MAX_Y", "CCD_BITSPERPIXEL")
-                and (_positive(p, "CCD_PIXEL_SIZE") or _positive(p, "CCD_PIXEL_SIZE_X")),
-                timeout_s=left() + 1,
-            )
-        await self._send_switch_if_present("UPLOAD_MODE", "UPLOAD_CLIENT")
-        await self._send_switch_if_present(f"{s.prefix}COMPRESSION", "INDI_DISABLED", "CCD_RAW")
-        await self._send_switch_if_present("CCD_TRANSFER_FORMAT", "FORMAT_FITS")
-        await c.enable_blob(dev, s.blob, "Also")
-        self._info = self._describe(sized)
-        self._ready = True
-
-    def _describe(self, info: Property) -> CameraInfo:
-        c, dev = self._client, self.settings.device
-        binning = c.property(dev, f"{self.settings.prefix}BINNING")
-        hor = binning.elements.get("HOR_BIN") if binning is not None else None
-        max_binning = int(hor.max) if hor is not None and hor.max and hor.max >= 1 else 1
-        gain = c.property(dev, "CCD_GAIN")
-        g = gain.elements.get("GAIN") if gain is not None else None
-        gain_range = (
-            (round(g.min), round(g.max)) if g is not None and g.min is not None and g.max else None
-        )
-        sensor = c.property(dev, "CCD_TEMPERATURE")
-        has_cooler = c.property(dev, "CCD_COOLER") is not None or (
-            sensor is not None and sensor.perm != "ro"
-        )
-        optional: dict[str, float] = {}  # unknown values keep CameraInfo's defaults
-        pixel = info.number("CCD_PIXEL_SIZE") or info.number("CCD_PIXEL_SIZE_X") or 0.0
-        if pixel > 0:
-            optional["pixel_size_um"] = round(pixel, 3)
-        bpp = int(info.number("CCD_BITSPERPIXEL") or 0)
-        if 8 <= bpp <= 16:
-            optional["bits_per_pixel"] = bpp
-        return CameraInfo(
-            name=self.name, width=int(info.number("CCD_MAX_X") or 0),
-            height=int(info.number("CCD_MAX_Y") or 0), max_binning=max_binning,
-            has_shutter=False, has_cooler=has_cooler, gain_range=gain_range,
-            **optional,  # type: ignore[arg-type]
-        )
-
-    async def _send_switch_if_present(self, name: str, *choices: str) -> None:
-        """Turn on the first of ``choices`` that the property has (if the property exists)."""
-        prop = self._client.property(self.settings.device, name)
-        if prop is None:
-            return
-        for choice in choices:
-            if choice in prop.elements:
-                await self._client.send_new_switch(self.settings.device, name, {choice: True})
-                return
 
     # -- recovery ---------------------------------------------------------------------------------
 
@@ -469,7 +344,9 @@ class IndiCamera:
                 if not (self._want and self._lost and present) or self._ready:
                     continue
                 try:
-                    await self._arm(self.settings.connect_timeout_s)
+                    self._info = await arm_device(self._client, self.settings, self.name,
+                                                  self.settings.connect_timeout_s)
+                    self._ready = True
                 except CameraError as exc:
                     self._alert(f"INDI: could not reconnect to '{dev}': {exc.message}", "warning")
                     continue
@@ -529,10 +406,6 @@ def _indi_frame(info: CameraInfo, binning: int, subframe: Subframe | None) -> di
         "X": subframe.x * binning, "Y": subframe.y * binning,
         "WIDTH": subframe.width * binning, "HEIGHT": subframe.height * binning,
     }
-
-
-def _positive(prop: Property, *elements: str) -> bool:
-    return all((prop.number(e) or 0) > 0 for e in elements)
 
 
 def _float_or_none(value: object) -> float | None:
