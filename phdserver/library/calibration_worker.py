@@ -45,17 +45,15 @@ from phdserver.imaging.calibration import (
     calibrate,
     calibrate_fits16,
 )
+from phdserver.library.calibration_input import LightReader, open_light, read_master
 from phdserver.library.calibration_io import (
     SOFTWARE,
-    LightReader,
     MasterUse,
     Provenance,
     band_rows,
     calibrated_header,
     existing_output_problem,
-    open_light,
     quality_cards,
-    read_master,
     write_calibrated_bands,
 )
 from phdserver.library.fits_headers import FrameType
