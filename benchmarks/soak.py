@@ -73,6 +73,10 @@ def main(seconds: float) -> int:
         first: int | None = None
         last = 0
         while time.monotonic() - started < seconds:
+            if not daemon.alive():
+                print(f"the daemon exited with status {daemon.process.poll()}", flush=True)
+                failures += 1
+                break
             rounds += 1
             try:
                 with LineSocket.connect(daemon.port) as client:
