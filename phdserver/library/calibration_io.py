@@ -322,4 +322,3 @@ def write_calibrated_bands(
 def _finite(value: float) -> float | str:
     """FITS has no NaN header value; write the text ``'NaN'`` instead."""
     return value if np.isfinite(value) else "NaN"
-

@@ -155,7 +155,6 @@ class FrameOutcome:
                 "reason": self.reason, "seconds": self.seconds, "quality": self.quality}
 
 
-
 def calibrate_frame(task: FrameTask) -> FrameOutcome:
     """Calibrate one light and write its output; never raises for a bad file (``failed``)."""
     started = time.perf_counter()

@@ -409,4 +409,3 @@ async def wait_for_image(path: Path, *, timeout_s: float, poll_s: float) -> Imag
             raise ImageTimeout(f"image {path} was not ready within {_seconds(timeout_s)}: "
                                f"{reason}")
         await trio.sleep(poll_s)
-
