@@ -49,6 +49,8 @@ class CaptureService:
         self._log = logger if logger is not None else structlog.get_logger("phdserver.capture")
         self._tasks = BackgroundTasks()
         self._loop_scope: trio.CancelScope | None = None
+        self._loop_ended: trio.Event | None = None
+        """Set when the loop task has ended and let go of the camera."""
         self._single_frame_active = False
         self.last_frame: Frame | None = None
         self.frame_number = 0
@@ -83,14 +85,32 @@ class CaptureService:
             raise Refused(f"could not start looping: {exc.message}") from None
         scope = trio.CancelScope()
         self._loop_scope = scope
+        self._loop_ended = ended = trio.Event()
         self.frame_number = 0
-        nursery.start_soon(self._loop, scope, holder)
+        nursery.start_soon(self._loop, scope, holder, ended)
 
     def stop(self) -> None:
+        """Ask looping to stop; it lets go of the camera once its exposure is aborted."""
         if self._loop_scope is not None:
             self._loop_scope.cancel()
 
-    async def _loop(self, scope: trio.CancelScope, holder: CameraHolder) -> None:
+    async def wait_stopped(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, for a loop that was asked to stop to let go of the camera.
+
+        ``stop_capture`` replies at once, as PHD2's does, while the frame in flight is still
+        being aborted or rendered (tens of ms, up to the camera's abort time): a script that
+        sends ``stop_capture`` and then starts a build would otherwise be refused now and then
+        with "looping exposures is using it". A loop that was not asked to stop is not waited
+        for: the caller is refused as before.
+        """
+        scope, ended = self._loop_scope, self._loop_ended
+        if scope is None or ended is None or not scope.cancel_called:
+            return
+        with trio.move_on_after(timeout_s):
+            await ended.wait()
+
+    async def _loop(self, scope: trio.CancelScope, holder: CameraHolder,
+                    ended: trio.Event) -> None:
         try:
             with scope, self._lock.holding(holder):
                 while True:
@@ -107,6 +127,7 @@ class CaptureService:
             self._publish_alert(f"Looping stopped: {exc.message}")
         finally:
             self._loop_scope = None
+            ended.set()
             self._publish(LoopingExposuresStopped())
 
     def _publish_alert(self, message: str) -> None:

@@ -284,3 +284,27 @@ async def test_built_files_are_indexed_as_masters(client: LineClient,
     darks = [r for r in records if r.path == app.calibration_paths.dark_library]
     assert sorted(r.hdu for r in darks) == [0, 1]
     assert [r for r in records if r.path == app.calibration_paths.defect_map]
+
+
+async def test_a_build_right_after_stop_capture_is_not_refused(tmp_path: Path) -> None:
+    """``stop_capture`` replies at once, as PHD2's does, while the frame in flight is still
+    being rendered (2048² here: tens of ms in a worker thread). A build started right after the
+    reply waits for looping to let go of the camera instead of being refused with "looping
+    exposures is using it" (seen in a soak run, 3 times in ~900 stop/start pairs)."""
+    async with running_server(make_config(tmp_path, width=2048, height=2048)) as (app, port):
+        client = await LineClient.connect(port)
+        await client.call("set_connected", [True])
+        await client.call("set_exposure", [10])  # 10 µs at this time scale: frames are renders
+        raced = 0
+        for _ in range(3):
+            await client.call("loop")
+            await client.wait_event("LoopingExposures")
+            await client.call("stop_capture")
+            raced += app.capture.looping  # the frame in flight is not let go of yet
+            started = await client.call("start_dark_library_build",
+                                        {"exposures": [1000], "frame_count": 1})
+            ended = await client.call("cancel_dark_library_build",
+                                      {"operation_id": started["operation_id"]})
+            assert ended["status"] in ("cancelled", "completed"), ended
+            await client.wait_event("LoopingExposuresStopped")
+        assert raced  # the test did start builds while looping was still letting go
