@@ -135,11 +135,14 @@ class CameraMethods:
         Param(name="path", type="string", default=None, check=_absolute_path),
         Param(name="save", type="boolean", default=None),
     )
-    def capture_single_frame(self, exposure_ms: int | None, binning: int | None,
-                             gain: int | None, subframe: list[int] | None,
-                             path: Path | None, save: bool | None) -> int:
-        """Take one frame; ``SingleFrameComplete`` reports the outcome (and the saved path)."""
-        if path is not None and path.exists():
+    async def capture_single_frame(self, exposure_ms: int | None, binning: int | None,
+                                   gain: int | None, subframe: list[int] | None,
+                                   path: Path | None, save: bool | None) -> int:
+        """Take one frame; ``SingleFrameComplete`` reports the outcome (and the saved path).
+
+        Right after ``stop_capture`` it first waits for looping to let go of the camera."""
+        await self._app.capture.wait_stopped()
+        if path is not None and await trio.Path(path).exists():
             raise InvalidParams(f'invalid path: "{path}" already exists', param="path")
         if save and path is None:
             path = self._new_image_path("single_frame")

@@ -3,8 +3,8 @@
 A build is started in three steps that never wait between the check and the hold: check the
 camera is connected, reserve an operation id and take the camera lock naming that id, then
 register and start the operation (which releases the lock however it ends). Before the check, a
-start waits (at most :data:`STOPPING_LOOP_WAIT_S`) for looping that ``stop_capture`` is still
-ending, so "stop_capture, then start a build" works every time.
+start waits (at most 5 s, ``CaptureService.wait_stopped``) for looping that ``stop_capture`` is
+still ending, so "stop_capture, then start a build" works every time.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ __all__ = ["OPERATION_ID", "OperationMethods", "cancel_and_wait", "start_camera_
 
 OPERATION_ID = Param(name="operation_id", type="integer", minimum=1)
 CANCEL_WAIT_S = 2.0
-STOPPING_LOOP_WAIT_S = 5.0
-"""How long a build start waits for looping that ``stop_capture`` is ending."""
 
 KIND_LABELS = {
     Kind.DARK_LIBRARY: "dark library build",
@@ -46,7 +44,7 @@ async def start_camera_operation(
     details: dict[str, Any],
 ) -> OperationSnapshot:
     """Start an operation that holds the camera for its whole run."""
-    await app.capture.wait_stopped(STOPPING_LOOP_WAIT_S)
+    await app.capture.wait_stopped()
     if not app.equipment.connected:
         raise Refused("camera not connected")
     label = KIND_LABELS[kind]

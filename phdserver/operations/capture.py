@@ -33,9 +33,11 @@ from .camera_lock import CameraHolder, CameraLock
 from .equipment import Equipment
 from .loaded_calibration import LoadedCalibration
 
-__all__ = ["CaptureService"]
+__all__ = ["STOPPING_WAIT_S", "CaptureService"]
 
 NO_STAR_SELECTED = 8
+STOPPING_WAIT_S = 5.0
+"""How long a build or a single frame waits for looping that ``stop_capture`` is ending."""
 
 
 class CaptureService:
@@ -94,7 +96,7 @@ class CaptureService:
         if self._loop_scope is not None:
             self._loop_scope.cancel()
 
-    async def wait_stopped(self, timeout_s: float) -> None:
+    async def wait_stopped(self, timeout_s: float = STOPPING_WAIT_S) -> None:
         """Wait, at most ``timeout_s``, for a loop that was asked to stop to let go of the camera.
 
         ``stop_capture`` replies at once, as PHD2's does, while the frame in flight is still

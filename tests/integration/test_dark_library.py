@@ -308,3 +308,22 @@ async def test_a_build_right_after_stop_capture_is_not_refused(tmp_path: Path) -
             assert ended["status"] in ("cancelled", "completed"), ended
             await client.wait_event("LoopingExposuresStopped")
         assert raced  # the test did start builds while looping was still letting go
+
+
+async def test_a_single_frame_right_after_stop_capture_is_not_refused(tmp_path: Path) -> None:
+    """As for builds: ``capture_single_frame`` sent right after ``stop_capture`` waits for the
+    frame in flight instead of failing with "capture is currently active"."""
+    async with running_server(make_config(tmp_path, width=2048, height=2048)) as (app, port):
+        client = await LineClient.connect(port)
+        await client.call("set_connected", [True])
+        await client.call("set_exposure", [10])
+        raced = 0
+        for _ in range(3):
+            await client.call("loop")
+            await client.wait_event("LoopingExposures")
+            await client.call("stop_capture")
+            raced += app.capture.looping
+            assert await client.call("capture_single_frame") == 0
+            done = await client.wait_event("SingleFrameComplete")
+            assert done["Success"] is True, done
+        assert raced
