@@ -152,7 +152,8 @@ def read_light(path: Path) -> LightImage:
         Missing, truncated or corrupt file, or no 2-D image in it.
     """
     with open_light(path) as light:
-        data = light.read_rows(0, light.shape[0]).copy()
+        # The reader's buffer (or decoded array) is this call's own: no copy is needed.
+        data = light.read_rows(0, light.shape[0])
         return LightImage(data=data, zero=light.zero, header=light.header)
 
 
