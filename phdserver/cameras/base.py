@@ -27,6 +27,7 @@ __all__ = [
     "Frame",
     "FrameType",
     "Subframe",
+    "capture_problem",
 ]
 
 
@@ -168,3 +169,24 @@ class Camera(Protocol):
     async def set_cooler(self, enabled: bool, setpoint_c: float | None = None) -> None:
         """Switch the cooler on (towards ``setpoint_c``) or off. Refused without a cooler."""
         ...
+
+
+def capture_problem(*, width: int, height: int, max_binning: int, exposure_ms: int,
+                    binning: int, subframe: Subframe | None) -> str | None:
+    """What is wrong with a capture request on a ``width``×``height`` sensor; None when nothing.
+
+    Every backend checks the same things before it touches its camera: a non-negative exposure,
+    a binning it supports, and a subframe (in binned pixels) inside the binned sensor. Each
+    backend raises :class:`~phdserver.errors.CameraError` with its own name before the answer.
+    """
+    if exposure_ms < 0:
+        return f"exposure must be >= 0 ms, got {exposure_ms}"
+    if not 1 <= binning <= max_binning:
+        return f"binning {binning} not supported (1..{max_binning})"
+    if subframe is not None:
+        bw, bh = width // binning, height // binning
+        if subframe.x + subframe.width > bw or subframe.y + subframe.height > bh:
+            return (f"subframe x={subframe.x} y={subframe.y} width={subframe.width} "
+                    f"height={subframe.height} lies outside the {bw}x{bh} sensor "
+                    f"at binning {binning}")
+    return None

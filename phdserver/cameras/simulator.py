@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import trio
 
-from phdserver.cameras.base import CameraInfo, CoolerStatus, Frame, FrameType, Subframe
+from phdserver.cameras.base import (
+    CameraInfo,
+    CoolerStatus,
+    Frame,
+    FrameType,
+    Subframe,
+    capture_problem,
+)
 from phdserver.cameras.sensor_model import SensorConfig, SensorModel
 from phdserver.errors import CameraError
 
@@ -318,21 +325,14 @@ class SimulatorCamera:
         self, exposure_ms: int, binning: int, gain: int | None, subframe: Subframe | None
     ) -> None:
         s = self.settings
-        if exposure_ms < 0:
-            raise CameraError(f"{s.name}: exposure must be >= 0 ms, got {exposure_ms}")
-        if not 1 <= binning <= s.max_binning:
-            raise CameraError(f"{s.name}: binning {binning} not supported (1..{s.max_binning})")
+        problem = capture_problem(width=s.sensor.width, height=s.sensor.height,
+                                  max_binning=s.max_binning, exposure_ms=exposure_ms,
+                                  binning=binning, subframe=subframe)
+        if problem is not None:
+            raise CameraError(f"{s.name}: {problem}")
         if gain is not None and not s.gain_range[0] <= gain <= s.gain_range[1]:
             lo, hi = s.gain_range
             raise CameraError(f"{s.name}: gain {gain} outside {lo}..{hi}")
-        if subframe is not None:
-            bw, bh = s.sensor.width // binning, s.sensor.height // binning
-            if subframe.x + subframe.width > bw or subframe.y + subframe.height > bh:
-                raise CameraError(
-                    f"{s.name}: subframe x={subframe.x} y={subframe.y} width={subframe.width} "
-                    f"height={subframe.height} lies outside the {bw}x{bh} sensor "
-                    f"at binning {binning}"
-                )
 
     async def abort(self) -> None:
         """Abort the exposure in progress, if any; that capture raises CameraError."""

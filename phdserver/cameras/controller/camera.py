@@ -38,7 +38,14 @@ import structlog
 import trio
 
 from phdserver import __version__
-from phdserver.cameras.base import CameraInfo, CoolerStatus, Frame, FrameType, Subframe
+from phdserver.cameras.base import (
+    CameraInfo,
+    CoolerStatus,
+    Frame,
+    FrameType,
+    Subframe,
+    capture_problem,
+)
 from phdserver.cameras.controller._protocol import (
     TIMEOUT_MARGIN_S,
     Command,
@@ -211,16 +218,12 @@ class ControllerCamera:
 
     def _validate(self, info: CameraInfo, exposure_ms: int, binning: int,
                   subframe: Subframe | None) -> None:
-        if exposure_ms < 0:
-            raise CameraError(f"{self.name}: exposure must be >= 0 ms, got {exposure_ms}")
-        if binning != 1:
-            raise CameraError(f"{self.name}: binning {binning} not supported (the controller "
-                              "protocol has no binning)")
-        if subframe is not None and (subframe.x + subframe.width > info.width
-                                     or subframe.y + subframe.height > info.height):
-            raise CameraError(f"{self.name}: subframe {subframe.width}x{subframe.height} at "
-                              f"({subframe.x}, {subframe.y}) lies outside the "
-                              f"{info.width}x{info.height} sensor")
+        problem = capture_problem(width=info.width, height=info.height, max_binning=1,
+                                  exposure_ms=exposure_ms, binning=binning, subframe=subframe)
+        if problem is not None:
+            if binning != 1:
+                problem += "; the controller protocol has no binning"
+            raise CameraError(f"{self.name}: {problem}")
 
     async def abort(self) -> None:
         """Abort the exposure in progress: its capture sends ``clear`` and raises CameraError."""
