@@ -71,6 +71,25 @@ class Scene:
         return fits.getdata(self.masters[name]).astype(np.float64)
 
 
+DISTRACTOR_REASONS = {
+    "bias_gain0": "gain 0, the light's is 100",
+    "dark300_gain0": "gain 0, the light's is 100",
+    "dark300_warm": "15.0 °C from the light's",
+    "dark120": "exposure 120 s",
+    "flat_ha_old": "ranked below",
+    "flat_ha_future": "never a flat from the future",
+    "flat_oiii": "filter 'OIII'",
+}
+"""Every master :func:`make_scene` plants beside the right ones, and a phrase of why it loses."""
+
+
+def assert_distractors_rejected(lost: dict[str, str]) -> None:
+    """``lost`` (master file stem -> reason) names every distractor, each for its reason."""
+    assert set(lost) == set(DISTRACTOR_REASONS)
+    for stem, phrase in DISTRACTOR_REASONS.items():
+        assert phrase in lost[stem], (stem, lost[stem])
+
+
 def make_scene(root: Path, *, light_count: int = 3, light_exposure_s: float = 300.0,
                seed: int = 1) -> Scene:
     """Write lights and masters with distractors under ``root`` (see the module docstring)."""
