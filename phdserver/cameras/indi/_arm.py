@@ -2,12 +2,15 @@
 
 :func:`arm_device` connects the device (``CONNECTION.CONNECT``), waits for ``<P>EXPOSURE``, the
 chip's BLOB and ``<P>INFO`` with a sensor size (``<P>`` is ``CCD_`` or ``GUIDER_``), forces
-``UPLOAD_MODE`` to ``UPLOAD_CLIENT``, compression off and FITS transfer where those properties
-exist, enables the chip's BLOB and describes the sensor. The camera runs it at connect and again
+``UPLOAD_MODE`` to ``UPLOAD_CLIENT`` (waiting for the answer, so that every property the driver
+defines on connect is known), compression off and FITS transfer where those properties exist,
+enables the chip's BLOB and describes the sensor. The camera runs it at connect and again
 by itself after a server or driver restart.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import trio
 
@@ -21,6 +24,9 @@ __all__ = ["arm_device", "describe_sensor", "send_switch_if_present"]
 
 _INFO_SETTLE_S = 1.0
 """Drivers fill ``<P>INFO`` in several steps after CONNECT; wait this long for all of it."""
+
+_BARRIER_S = 2.0
+"""The longest wait for the driver's answer to ``UPLOAD_MODE`` (see :func:`_set_upload_mode`)."""
 
 
 async def arm_device(client: IndiClient, settings: IndiSettings, camera_name: str,
@@ -69,7 +75,7 @@ async def arm_device(client: IndiClient, settings: IndiSettings, camera_name: st
             and (_positive(p, "CCD_PIXEL_SIZE") or _positive(p, "CCD_PIXEL_SIZE_X")),
             timeout_s=left() + 1,
         )
-    await send_switch_if_present(c, dev, "UPLOAD_MODE", "UPLOAD_CLIENT")
+    await _set_upload_mode(c, dev, min(_BARRIER_S, left()))
     await send_switch_if_present(c, dev, f"{s.prefix}COMPRESSION", "INDI_DISABLED", "CCD_RAW")
     await send_switch_if_present(c, dev, "CCD_TRANSFER_FORMAT", "FORMAT_FITS")
     await c.enable_blob(dev, s.blob, "Also")
@@ -117,6 +123,28 @@ async def send_switch_if_present(client: IndiClient, device: str, name: str,
         if choice in prop.elements:
             await client.send_new_switch(device, name, {choice: True})
             return
+
+
+async def _set_upload_mode(client: IndiClient, device: str, timeout_s: float) -> None:
+    """Ask for ``UPLOAD_CLIENT`` and wait for the driver's answer.
+
+    The answer doubles as a barrier. After CONNECT a driver defines its properties in one burst,
+    and optional ones such as ``CCD_GAIN`` come late in it (after ``<P>INFO`` in
+    ``indi_simulator_ccd``). A driver handles messages one at a time, in order, so its answer
+    to this request comes after the whole burst: once it is here, :func:`describe_sensor` sees
+    every property the driver has. A driver that never answers costs ``timeout_s``, once.
+    """
+    prop = client.property(device, "UPLOAD_MODE")
+    if prop is None or "UPLOAD_CLIENT" not in prop.elements:
+        return
+
+    def answered(ev: Event) -> bool:
+        return isinstance(ev, SetVector) and ev.device == device and ev.name == "UPLOAD_MODE"
+
+    with client.watch(answered, device=device) as w:
+        await client.send_new_switch(device, "UPLOAD_MODE", {"UPLOAD_CLIENT": True})
+        with contextlib.suppress(IndiTimeout):
+            await w.wait(timeout_s=timeout_s, what=f"'{device}' to answer UPLOAD_MODE")
 
 
 def _positive(prop: Property, *elements: str) -> bool:

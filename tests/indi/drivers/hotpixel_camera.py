@@ -8,7 +8,11 @@ can check that a dark frame taken through our INDI camera shows them where they 
 
 It speaks just enough INDI (protocol 1.7) for :class:`~phdserver.cameras.indi.IndiCamera`:
 CONNECTION, CCD_EXPOSURE, CCD_ABORT_EXPOSURE, CCD_FRAME_TYPE, CCD_BINNING, CCD_FRAME, CCD_INFO,
-CCD_TEMPERATURE, UPLOAD_MODE and the BLOB CCD1 carrying a 16-bit FITS file.
+CCD_TEMPERATURE, UPLOAD_MODE, CCD_GAIN and the BLOB CCD1 carrying a 16-bit FITS file.
+
+Like real drivers that ask the hardware for optional settings after connecting, it defines
+``CCD_GAIN`` last and :data:`GAIN_DEFINE_DELAY_S` after the rest of its connect burst, so a
+client that describes the sensor before the driver has finished connecting misses the gain.
 
 indiserver runs a driver as a child process with one socket as both stdin and stdout. We read
 with blocking ``os.read`` after ``select`` (never O_NONBLOCK: it would apply to stdout too, and
@@ -50,6 +54,10 @@ HOT_PIXELS: Final[tuple[tuple[int, int, float], ...]] = (
     (401, 55, 8000.0),
     (479, 639, 1.0e6),
 )
+GAIN_RANGE: Final = (0, 300)
+GAIN_DEFINE_DELAY_S: Final = 0.3
+PAUSE: Final = b""
+"""In a list of replies: flush what came before and wait :data:`GAIN_DEFINE_DELAY_S`."""
 _FRAME_TYPES: Final = ("FRAME_LIGHT", "FRAME_BIAS", "FRAME_DARK", "FRAME_FLAT")
 _FITS_TYPES: Final = {"FRAME_LIGHT": "Light", "FRAME_BIAS": "Bias", "FRAME_DARK": "Dark",
                       "FRAME_FLAT": "Flat"}
@@ -109,6 +117,7 @@ class Driver:
         self.frame = [0, 0, WIDTH, HEIGHT]
         self.temperature = 0.0
         self.upload = "UPLOAD_CLIENT"
+        self.gain = 0.0
         self.deadline: float | None = None
         self.exposure = 0.0
         self.frames = 0
@@ -169,6 +178,8 @@ class Driver:
         if name == "UPLOAD_MODE":
             return self._switches(prefix, name, ("UPLOAD_CLIENT", "UPLOAD_LOCAL", "UPLOAD_BOTH"),
                                   self.upload, state)
+        if name == "CCD_GAIN":
+            return self._numbers(prefix, name, {"GAIN": (self.gain, *GAIN_RANGE)}, state)
         if name == "CCD1":
             attrs = {"state": "Idle"}
             if prefix == "def":
@@ -177,7 +188,7 @@ class Driver:
         raise KeyError(name)
 
     names: Final = ("CCD_EXPOSURE", "CCD_ABORT_EXPOSURE", "CCD_FRAME_TYPE", "CCD_BINNING",
-                    "CCD_FRAME", "CCD_INFO", "CCD_TEMPERATURE", "UPLOAD_MODE", "CCD1")
+                    "CCD_FRAME", "CCD_INFO", "CCD_TEMPERATURE", "UPLOAD_MODE", "CCD1", "CCD_GAIN")
 
     # -- requests ---------------------------------------------------------------------------------
 
@@ -214,6 +225,8 @@ class Driver:
             self.temperature = float(values.get("CCD_TEMPERATURE_VALUE", 0.0))  # type: ignore[arg-type]
         elif event.name == "UPLOAD_MODE":
             self.upload = next((k for k, v in values.items() if v), self.upload)
+        elif event.name == "CCD_GAIN":
+            self.gain = float(values.get("GAIN", self.gain))  # type: ignore[arg-type]
         return [self.prop("set", event.name, "Ok")]
 
     def _connect(self, connect: bool) -> list[bytes]:
@@ -221,7 +234,9 @@ class Driver:
             return [self.connection("set", "Ok")]
         self.connected = connect
         if connect:
-            return [self.connection("set", "Ok"), *(self.prop("def", n) for n in self.names)]
+            *first, last = self.names  # CCD_GAIN
+            return [self.connection("set", "Ok"), *(self.prop("def", n) for n in first), PAUSE,
+                    self.prop("def", last)]
         self.deadline = None
         gone = [f"<delProperty device={quoteattr(DEVICE)} name={quoteattr(n)}/>\n".encode()
                 for n in self.names]
@@ -271,6 +286,9 @@ def main() -> int:
                 replies += driver.handle(event)
         replies += driver.tick()
         for reply in replies:
+            if reply == PAUSE:
+                out.flush()
+                time.sleep(GAIN_DEFINE_DELAY_S)  # busy with the hardware: requests queue up
             out.write(reply)
         out.flush()
 
