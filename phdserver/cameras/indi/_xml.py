@@ -5,7 +5,8 @@ INDI (protocol 1.7) is an endless stream of top-level XML elements with no enclo
 each completed top-level element into a frozen event: :class:`DefVector`, :class:`SetVector`,
 :class:`NewVector`, :class:`DelProperty`, :class:`Message`, :class:`GetProperties` or
 :class:`EnableBlob` (the last three and ``NewVector`` travel client → driver; our test driver
-parses them with this same class).
+parses them with this same class). The events are defined in :mod:`._events`, the messages we
+send in :mod:`._writers`; both are re-exported here.
 
 Why expat handlers instead of ``XMLPullParser``: a BLOB's base64 text reaches
 :class:`~phdserver.cameras.indi._blob.Base64Stream` piece by piece as it arrives, so an 8192²
@@ -22,14 +23,26 @@ BLOB at ``max_blob`` decoded bytes.
 from __future__ import annotations
 
 import binascii
-import math
 import pyexpat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Final, Literal
-from xml.sax.saxutils import escape, quoteattr
+from typing import Final
 
 from phdserver.cameras.indi._blob import Base64Stream, BlobTooLarge
+from phdserver.cameras.indi._events import (
+    KINDS,
+    DefVector,
+    DelProperty,
+    Element,
+    EnableBlob,
+    Event,
+    GetProperties,
+    Kind,
+    Message,
+    NewVector,
+    SetVector,
+    parse_number,
+)
+from phdserver.cameras.indi._writers import enable_blob_xml, get_properties_xml, new_vector_xml
 from phdserver.errors import CameraError
 
 __all__ = [
@@ -38,130 +51,12 @@ __all__ = [
     "enable_blob_xml", "get_properties_xml", "new_vector_xml", "parse_number",
 ]
 
-Kind = Literal["Text", "Number", "Switch", "Light", "BLOB"]
-KINDS: Final[tuple[Kind, ...]] = ("Text", "Number", "Switch", "Light", "BLOB")
 _FEED_SLICE: Final = 64 * 1024
 _ROOT: Final = b"<indi>"
 
 
 class IndiProtocolError(CameraError):
     """The peer sent something that is not INDI XML (or exceeds our limits)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Element:
-    """One member of a vector. ``value`` is typed by the vector's kind: ``float`` (Number),
-    ``str`` (Text; a Light's state), ``bool`` (Switch, On = True) or the decoded bytes (BLOB)."""
-
-    name: str
-    value: float | str | bool | bytes | bytearray
-    label: str | None = None
-    min: float | None = None
-    max: float | None = None
-    step: float | None = None
-    format: str | None = None
-    """A Number's printf format, or a BLOB's file format (``.fits``)."""
-    size: int | None = None
-    """A BLOB's uncompressed size in bytes."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DefVector:
-    """A property definition (``def*Vector``): all its elements with their attributes."""
-
-    kind: Kind
-    device: str
-    name: str
-    state: str = "Idle"
-    perm: str = "ro"
-    rule: str | None = None
-    label: str | None = None
-    group: str | None = None
-    timeout: float = 0.0
-    message: str | None = None
-    elements: dict[str, Element] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SetVector:
-    """New values for some elements of a defined property (``set*Vector``)."""
-
-    kind: Kind
-    device: str
-    name: str
-    state: str | None = None
-    timeout: float | None = None
-    message: str | None = None
-    elements: dict[str, Element] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NewVector:
-    """A client's request to change a property (``new*Vector``), as a driver receives it."""
-
-    kind: Kind
-    device: str
-    name: str
-    elements: dict[str, Element] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DelProperty:
-    """A property (or, with ``name`` None, a whole device) went away."""
-
-    device: str
-    name: str | None = None
-    message: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
-    """A free-text message from a driver (or the server, with ``device`` None)."""
-
-    device: str | None
-    message: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GetProperties:
-    """A request to (re)define properties; ``device``/``name`` narrow it."""
-
-    device: str | None = None
-    name: str | None = None
-    version: str | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EnableBlob:
-    """A client's BLOB policy for a device or property: ``Never``, ``Also`` or ``Only``."""
-
-    device: str
-    name: str | None
-    mode: str
-
-
-Event = DefVector | SetVector | NewVector | DelProperty | Message | GetProperties | EnableBlob
-
-
-def parse_number(text: str) -> float:
-    """Parse an INDI number: decimal or sexagesimal (``-12:30:15``, ``12 30``); NaN if neither."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = text.replace(":", " ").replace(";", " ").split()
-    if not 1 < len(parts) <= 3:
-        return math.nan
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        return math.nan
-    sign = -1.0 if parts[0].startswith("-") else 1.0
-    total = abs(values[0])
-    for i, v in enumerate(values[1:], start=1):
-        total += abs(v) / 60.0**i
-    return sign * total
 
 
 def _number_attr(attrs: Mapping[str, str], key: str) -> float | None:
@@ -419,54 +314,3 @@ def _kind_of_child(tag: str) -> Kind | None:
         if tag.startswith(prefix) and tag[len(prefix):] in KINDS:
             return tag[len(prefix):]  # type: ignore[return-value]
     return None
-
-
-# -- client → server messages --------------------------------------------------------------------
-
-
-def get_properties_xml(device: str | None = None, name: str | None = None) -> bytes:
-    """``<getProperties version="1.7" .../>``: ask for every (or one device's) definitions."""
-    attrs = ' version="1.7"'
-    if device is not None:
-        attrs += f" device={quoteattr(device)}"
-        if name is not None:
-            attrs += f" name={quoteattr(name)}"
-    return f"<getProperties{attrs}/>\n".encode()
-
-
-def enable_blob_xml(device: str, name: str | None, mode: str) -> bytes:
-    """``<enableBLOB>``: whether this connection receives BLOBs (``Never``/``Also``/``Only``)."""
-    if mode not in ("Never", "Also", "Only"):
-        raise ValueError(f"enableBLOB mode must be Never, Also or Only, not {mode!r}")
-    attrs = f" device={quoteattr(device)}"
-    if name is not None:
-        attrs += f" name={quoteattr(name)}"
-    return f"<enableBLOB{attrs}>{mode}</enableBLOB>\n".encode()
-
-
-def format_value(kind: Kind, value: float | str | bool) -> str:
-    """An element value as INDI text."""
-    if kind == "Switch":
-        return "On" if value else "Off"
-    if kind == "Number":
-        number = float(value)
-        if not math.isfinite(number):
-            raise ValueError(f"cannot send non-finite number {value!r}")
-        return format(number, ".10g")
-    return escape(str(value))
-
-
-def new_vector_xml(
-    kind: Literal["Text", "Number", "Switch"],
-    device: str,
-    name: str,
-    values: Mapping[str, float | str | bool],
-) -> bytes:
-    """``<new*Vector>``: ask the driver to change some elements of a property."""
-    parts = [f"<new{kind}Vector device={quoteattr(device)} name={quoteattr(name)}>"]
-    for element, value in values.items():
-        parts.append(
-            f"<one{kind} name={quoteattr(element)}>{format_value(kind, value)}</one{kind}>"
-        )
-    parts.append(f"</new{kind}Vector>\n")
-    return "".join(parts).encode()
