@@ -2,12 +2,12 @@
 
 :meth:`IndiClient.run` is a background task (start it with ``nursery.start``). It connects, sends
 ``getProperties``, feeds the received bytes to :class:`~phdserver.cameras.indi._xml.IndiParser`,
-keeps ``(device, name) → Property`` up to date and hands every event to the open
-:class:`Watch` objects and to listeners. When the server goes away (EOF, reset, garbage) every
-open watch fails at once with "INDI: connection to indiserver at H:P lost", the property store is
-cleared, and the task reconnects with a growing back-off (0.5 s doubling to 4 s), then asks for
-the properties again. Re-arming a device (CONNECT, enableBLOB) is the camera's job: the client
-only reports :class:`LinkUp`/:class:`LinkDown` and the definitions as they come back.
+keeps a :class:`~phdserver.cameras.indi._store.PropertyStore` up to date, and hands every event to
+the open :class:`Watch` objects and to listeners. When the server goes away (EOF, reset, garbage)
+every open watch fails at once with "INDI: connection to indiserver at H:P lost", the property
+store is cleared, and the task reconnects with a growing back-off (0.5 s doubling to 4 s), then
+asks for the properties again. Re-arming a device (CONNECT, enableBLOB) is the camera's job: the
+client only reports :class:`LinkUp`/:class:`LinkDown` and the definitions as they come back.
 
 A ``delProperty`` for a whole device fails the watches on that device at once, with a message
 that names it; so does the deletion of a property a watch depends on. Every wait has a timeout.
@@ -20,8 +20,6 @@ treated as gone).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -29,14 +27,13 @@ from typing import Final, Literal
 import structlog
 import trio
 
+from phdserver.cameras.indi._store import Property, PropertyStore
 from phdserver.cameras.indi._xml import (
     DefVector,
     DelProperty,
-    Element,
     Event,
     IndiParser,
     IndiProtocolError,
-    Kind,
     Message,
     SetVector,
     enable_blob_xml,
@@ -61,7 +58,6 @@ OpenStream = Callable[[str, int], Awaitable[trio.abc.Stream]]
 inside a private network namespace."""
 
 _RECEIVE_SIZE: Final = 256 * 1024
-_MAX_REMEMBERED_MESSAGES: Final = 256
 
 
 class IndiTimeout(CameraError):
@@ -86,30 +82,6 @@ class LinkDown:
 
 
 ClientEvent = Event | LinkUp | LinkDown
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Property:
-    """The current state of one defined property (BLOB elements carry no data here)."""
-
-    kind: Kind
-    device: str
-    name: str
-    state: str
-    perm: str
-    rule: str | None
-    elements: dict[str, Element]
-
-    def number(self, element: str) -> float | None:
-        """The element's value if it exists and is a finite number."""
-        el = self.elements.get(element)
-        if el is None or not isinstance(el.value, float) or not math.isfinite(el.value):
-            return None
-        return el.value
-
-    def switch(self, element: str) -> bool | None:
-        el = self.elements.get(element)
-        return el.value if el is not None and isinstance(el.value, bool) else None
 
 
 class Watch:
@@ -178,8 +150,7 @@ class IndiClient:
         self._max_blob = max_blob
         base = logger if logger is not None else structlog.get_logger("phdserver.indi")
         self._log = base.bind(indi=self.address)
-        self._props: dict[tuple[str, str], Property] = {}
-        self._messages: dict[str, str] = {}
+        self._store = PropertyStore()
         self._watches: set[Watch] = set()
         self._listeners: list[Callable[[ClientEvent], None]] = []
         self._stream: trio.abc.Stream | None = None
@@ -197,14 +168,14 @@ class IndiClient:
         return self._stream is not None
 
     def property(self, device: str, name: str) -> Property | None:
-        return self._props.get((device, name))
+        return self._store.get(device, name)
 
     def devices(self) -> list[str]:
-        return sorted({device for device, _ in self._props})
+        return self._store.devices()
 
     def last_message(self, device: str) -> str | None:
         """The device's most recent ``<message>`` (drivers explain failures there)."""
-        return self._messages.get(device)
+        return self._store.last_message(device)
 
     def lost_error(self) -> CameraError:
         if self._attempts == 0 or self._running is False:
@@ -255,7 +226,7 @@ class IndiClient:
 
         while True:
             with self.watch(touches, device=device) as w:
-                prop = self._props.get((device, name))
+                prop = self._store.get(device, name)
                 if prop is not None and (predicate is None or predicate(prop)):
                     return prop
                 remaining = deadline - trio.current_time()
@@ -390,7 +361,7 @@ class IndiClient:
     def _set_link_down(self, reason: str, *, stopped: bool) -> None:
         was_up = self._stream is not None
         self._stream = None
-        self._props.clear()
+        self._store.clear()
         error = CameraError(f"INDI: connection to indiserver at {self.address} lost")
         for w in list(self._watches):
             w.fail(error)
@@ -405,71 +376,30 @@ class IndiClient:
         for callback in list(self._listeners):
             callback(event)
 
-    # -- the property store -----------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------------
 
     def _dispatch(self, event: Event) -> None:
-        if isinstance(event, DefVector):
-            self._props[(event.device, event.name)] = Property(
-                kind=event.kind, device=event.device, name=event.name, state=event.state,
-                perm=event.perm, rule=event.rule,
-                elements={k: _without_data(e) for k, e in event.elements.items()},
-            )
-        elif isinstance(event, SetVector):
-            self._merge(event)
-        elif isinstance(event, DelProperty):
-            self._delete(event)
+        self._store.apply(event)
+        if isinstance(event, DelProperty):
+            self._fail_watches_on(event)
         elif isinstance(event, Message) and event.device is not None:
-            if len(self._messages) >= _MAX_REMEMBERED_MESSAGES:
-                self._messages.pop(next(iter(self._messages)))
-            self._messages[event.device] = event.message
             self._log.debug("indi message", device=event.device, message=event.message)
         for w in list(self._watches):
             w.offer(event)
         self._emit(event)
 
-    def _merge(self, event: SetVector) -> None:
-        key = (event.device, event.name)
-        prop = self._props.get(key)
-        if prop is None:
-            return  # a set before its definition: nothing to update
-        elements = dict(prop.elements)
-        for name, new in event.elements.items():
-            old = elements.get(name)
-            if old is None:
-                continue
-            elements[name] = dataclasses.replace(
-                old,
-                value=old.value if isinstance(new.value, bytes | bytearray) else new.value,
-                min=old.min if new.min is None else new.min,
-                max=old.max if new.max is None else new.max,
-                step=old.step if new.step is None else new.step,
-                format=old.format if new.format is None else new.format,
-                size=old.size if new.size is None else new.size,
-            )
-        self._props[key] = dataclasses.replace(
-            prop, state=event.state or prop.state, elements=elements
-        )
-
-    def _delete(self, event: DelProperty) -> None:
+    def _fail_watches_on(self, event: DelProperty) -> None:
+        """Fail the watches that depend on what ``event`` deleted, with a message naming it."""
         device = event.device
         if event.name is None:
-            for key in [k for k in self._props if k[0] == device]:
-                del self._props[key]
             error = CameraError(
                 f"INDI: device '{device}' disappeared (driver crashed or restarted?)"
             )
             doomed = [w for w in self._watches if w.device == device]
         else:
-            self._props.pop((device, event.name), None)
             error = CameraError(f"INDI: property '{device}.{event.name}' was deleted")
             doomed = [
                 w for w in self._watches if w.device == device and event.name in w.properties
             ]
         for w in doomed:
             w.fail(error)
-
-
-def _without_data(element: Element) -> Element:
-    if isinstance(element.value, bytes | bytearray) and element.value:
-        return dataclasses.replace(element, value=b"")
-    return element
