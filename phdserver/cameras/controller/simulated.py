@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import enum
 import io
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -109,16 +108,10 @@ class SimControllerSettings:
 
 
 @dataclass(slots=True)
-class _Answer:
+class Answer:
     reply: bytes | None
     """None: stay silent."""
     drop: bool = False
-
-
-@dataclass(slots=True)
-class _Slot:
-    ready: trio.Event = field(default_factory=trio.Event)
-    answer: _Answer | None = None
 
 
 class SimController:
@@ -197,37 +190,37 @@ class SimController:
             fields["height"] = self.settings.sensor.height
         return fields
 
-    def _done(self, command: ParsedCommand, reply: str = "") -> _Answer:
-        return _Answer(done_reply(self.status_fields(command, reply=reply)))
+    def _done(self, command: ParsedCommand, reply: str = "") -> Answer:
+        return Answer(done_reply(self.status_fields(command, reply=reply)))
 
-    def _refuse(self, command: ParsedCommand, message: str) -> _Answer:
-        return _Answer(done_reply(self.status_fields(command, cmd_error=message)))
+    def _refuse(self, command: ParsedCommand, message: str) -> Answer:
+        return Answer(done_reply(self.status_fields(command, cmd_error=message)))
 
     # -- commands -----------------------------------------------------------------------------
-    async def answer(self, line: str, *, status_only: bool = False) -> _Answer:
+    async def answer(self, line: str, *, status_only: bool = False) -> Answer:
         """Carry out one command line and return its reply."""
         command = parse_command(line)
         if command is None:
-            return _Answer(error_reply("empty command"))
+            return Answer(error_reply("empty command"))
         self.commands.append(line.strip())
         fault = self.fault if command.verb == self.fault_command else None
         if fault is Fault.SILENT:
-            return _Answer(None)
+            return Answer(None)
         if fault is Fault.ERROR:
-            return _Answer(error_reply(f"simulated fault: {command.verb} failed"))
+            return Answer(error_reply(f"simulated fault: {command.verb} failed"))
         if fault is Fault.CMD_ERROR:
             return self._refuse(command, f"simulated fault: {command.verb} failed")
         if fault is Fault.MALFORMED:
-            return _Answer(b"[DONE {'ready': True, 'EXPOSING': '0000', 'state': 'idle' ]")
+            return Answer(b"[DONE {'ready': True, 'EXPOSING': '0000', 'state': 'idle' ]")
         if status_only and command.verb != "status":
-            return _Answer(error_reply(f"the status port accepts only 'status', not "
+            return Answer(error_reply(f"the status port accepts only 'status', not "
                                        f"'{command.verb}'"))
         answer = await self._dispatch(command, write_image=fault is not Fault.NOIMAGE)
         if fault is Fault.DROP and answer.reply is not None:
             answer.drop = True
         return answer
 
-    async def _dispatch(self, command: ParsedCommand, *, write_image: bool) -> _Answer:
+    async def _dispatch(self, command: ParsedCommand, *, write_image: bool) -> Answer:
         verb = command.verb
         if verb == "status":
             return self._done(command)
@@ -247,9 +240,9 @@ class SimController:
             if self._exposing is not None:
                 self._exposing.cancel()
             return self._done(command)
-        return _Answer(error_reply(f"unknown command '{verb}'"))
+        return Answer(error_reply(f"unknown command '{verb}'"))
 
-    async def _expose(self, command: ParsedCommand, write_image: bool) -> _Answer:
+    async def _expose(self, command: ParsedCommand, write_image: bool) -> Answer:
         args = command.args
         if len(args) != 4 or args[0] not in ("True", "False") or args[3] not in EXPOSE_MODES:
             return self._refuse(command, "usage: expose <True|False> <seconds> <fileroot> <mode>")
@@ -285,7 +278,7 @@ class SimController:
                 if self._state != "clearing":
                     self._set("idle")
         if scope.cancelled_caught:
-            return _Answer(error_reply(f"exposure {args[2]} aborted by clear"))
+            return Answer(error_reply(f"exposure {args[2]} aborted by clear"))
         if write_image:
             path = Path(s.image_dir) / f"{args[2]}.fits"
             self._nursery.start_soon(self._write_image, path, image)
@@ -308,7 +301,7 @@ class SimController:
             return
         self.images.append(path)
 
-    async def _clear(self, command: ParsedCommand) -> _Answer:
+    async def _clear(self, command: ParsedCommand) -> Answer:
         if self._exposing is not None:
             self._exposing.cancel()
         self._set("clearing", "FLUSHING")
@@ -336,61 +329,6 @@ class SimController:
                     await stream.send_all(answer.reply)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
-
-    # -- serial -------------------------------------------------------------------------------
-    async def serve_line(self, stream: trio.abc.Stream) -> None:
-        """A serial line: command lines in, reply lines out, in order, until end of file."""
-        send, receive = trio.open_memory_channel[_Slot](64)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_replies, stream, receive)
-            async with send:
-                buffer = bytearray()
-                while True:
-                    try:
-                        data = await stream.receive_some(4096)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        break
-                    if not data:
-                        break
-                    buffer += data
-                    while (index := buffer.find(b"\n")) >= 0:
-                        line = bytes(buffer[:index]).decode("ascii", errors="replace")
-                        del buffer[: index + 1]
-                        if line.strip():
-                            slot = _Slot()
-                            await send.send(slot)
-                            nursery.start_soon(self._answer_into, line, slot)
-                    if len(buffer) > MAX_REPLY_BYTES:
-                        buffer.clear()
-
-    async def _answer_into(self, line: str, slot: _Slot) -> None:
-        try:
-            slot.answer = await self.answer(line)
-        finally:
-            slot.ready.set()
-
-    async def _write_replies(self, stream: trio.abc.Stream,
-                             receive: trio.MemoryReceiveChannel[_Slot]) -> None:
-        async with receive:
-            async for slot in receive:
-                await slot.ready.wait()
-                answer = slot.answer
-                if answer is None or answer.reply is None:
-                    continue
-                data = answer.reply[: len(answer.reply) // 2] if answer.drop else answer.reply
-                try:
-                    await stream.send_all(data if answer.drop else data + b"\n")
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-
-    async def serve_fd(self, fd: int) -> None:
-        """Serve a tty descriptor (a duplicate). While no one holds the other end of a pty,
-        reads fail with EIO: wait and try again."""
-        stream = trio.lowlevel.FdStream(os.dup(fd))
-        async with stream:
-            while True:
-                await self.serve_line(stream)
-                await trio.sleep(0.05)
 
 
 def _frame_type(shutter_open: bool, exposure_s: float, imagetyp: str) -> FrameType:
