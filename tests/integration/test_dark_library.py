@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import trio
 from astropy.io import fits
 
 from phdserver.app import App
@@ -286,6 +288,33 @@ async def test_built_files_are_indexed_as_masters(client: LineClient,
     assert [r for r in records if r.path == app.calibration_paths.defect_map]
 
 
+class RenderStarts:
+    """Tells a test when the simulator starts rendering a frame (in its worker thread).
+
+    With very short exposures a looping frame is in flight mostly while it renders (tens of ms
+    at 2048²); a test that sends ``stop_capture`` once a render has started meets that window
+    every time, whatever the transport's timing.
+    """
+
+    def __init__(self, app: App) -> None:
+        camera = app.equipment.camera
+        sensor = camera.sensor  # type: ignore[attr-defined]
+        render = sensor.render
+        token = trio.lowlevel.current_trio_token()
+        self.started = trio.Event()
+
+        def announced(*args: Any, **kwargs: Any) -> Any:
+            token.run_sync_soon(lambda: self.started.set())
+            return render(*args, **kwargs)
+
+        sensor.render = announced
+
+    async def next(self) -> None:
+        """Wait for the next render to start."""
+        self.started = trio.Event()
+        await self.started.wait()
+
+
 async def test_a_build_right_after_stop_capture_is_not_refused(tmp_path: Path) -> None:
     """``stop_capture`` replies at once, as PHD2's does, while the frame in flight is still
     being rendered (2048² here: tens of ms in a worker thread). A build started right after the
@@ -295,19 +324,19 @@ async def test_a_build_right_after_stop_capture_is_not_refused(tmp_path: Path) -
         client = await LineClient.connect(port)
         await client.call("set_connected", [True])
         await client.call("set_exposure", [10])  # 10 µs at this time scale: frames are renders
-        raced = 0
+        renders = RenderStarts(app)
         for _ in range(3):
-            await client.call("loop")
-            await client.wait_event("LoopingExposures")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(renders.next)
+                await client.call("loop")
             await client.call("stop_capture")
-            raced += app.capture.looping  # the frame in flight is not let go of yet
+            assert app.capture.looping  # the frame in flight is not let go of yet
             started = await client.call("start_dark_library_build",
                                         {"exposures": [1000], "frame_count": 1})
             ended = await client.call("cancel_dark_library_build",
                                       {"operation_id": started["operation_id"]})
             assert ended["status"] in ("cancelled", "completed"), ended
             await client.wait_event("LoopingExposuresStopped")
-        assert raced  # the test did start builds while looping was still letting go
 
 
 async def test_a_single_frame_right_after_stop_capture_is_not_refused(tmp_path: Path) -> None:
@@ -317,13 +346,13 @@ async def test_a_single_frame_right_after_stop_capture_is_not_refused(tmp_path: 
         client = await LineClient.connect(port)
         await client.call("set_connected", [True])
         await client.call("set_exposure", [10])
-        raced = 0
+        renders = RenderStarts(app)
         for _ in range(3):
-            await client.call("loop")
-            await client.wait_event("LoopingExposures")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(renders.next)
+                await client.call("loop")
             await client.call("stop_capture")
-            raced += app.capture.looping
+            assert app.capture.looping
             assert await client.call("capture_single_frame") == 0
             done = await client.wait_event("SingleFrameComplete")
             assert done["Success"] is True, done
-        assert raced
