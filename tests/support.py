@@ -7,6 +7,9 @@ on received lines with timeouts, never with sleeps.
 from __future__ import annotations
 
 import dataclasses
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,6 +45,59 @@ async def running_server(config: Config, **app_kwargs: Any) -> AsyncIterator[tup
             yield app, port
         finally:
             nursery.cancel_scope.cancel()
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for daemons started as processes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_listening(process: trio.Process, timeout: float = 60) -> bytes:
+    """Read the daemon's JSON log on stderr until it says it listens; return what was read."""
+    assert process.stderr is not None
+    seen = b""
+    with trio.fail_after(timeout):
+        while b'"listening"' not in seen:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, seen.decode()
+            seen += chunk
+    return seen
+
+
+@asynccontextmanager
+async def serve_process(*args: str) -> AsyncIterator[tuple[trio.Process, int]]:
+    """``phdserver serve ARGS`` as a real process on a free port, yielded once it listens.
+
+    Its stderr is drained in the background (a full pipe would stop the daemon); at the end a
+    process still running is killed.
+    """
+    port = free_port()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "phdserver", "serve", "--port", str(port), "--log-format", "json",
+         *args],
+        stderr=subprocess.PIPE)
+    try:
+        await wait_listening(process)
+
+        async def drain() -> None:
+            assert process.stderr is not None
+            while await process.stderr.receive_some(65536):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            try:
+                yield process, port
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 class LineClient:

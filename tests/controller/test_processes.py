@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +15,9 @@ import trio
 from astropy.io import fits
 
 from tests.controller.test_cli import read_banner
+from tests.support import free_port, wait_listening
 
 PHDSERVER = [sys.executable, "-m", "phdserver"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-async def wait_listening(process: trio.Process) -> None:
-    assert process.stderr is not None
-    seen = b""
-    with trio.fail_after(60):
-        while b'"listening"' not in seen:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, seen.decode()
-            seen += chunk
 
 
 async def stop(process: trio.Process) -> None:

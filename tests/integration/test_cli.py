@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.support import LineClient, make_config, running_server
+from tests.support import LineClient, free_port, make_config, running_server, wait_listening
 
 
 async def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -44,12 +43,6 @@ async def test_call_and_builds(tmp_path: Path) -> None:
         assert json.loads(done.stdout)["loaded"] is True
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("how", ["signal", "shutdown"])
 async def test_serve_process_starts_answers_and_stops(tmp_path: Path, how: str) -> None:
     port = free_port()
@@ -58,13 +51,7 @@ async def test_serve_process_starts_answers_and_stops(tmp_path: Path, how: str) 
          str(tmp_path), "--sim-size", "160x120", "--log-format", "json"],
         stderr=subprocess.PIPE)
     try:
-        with trio.fail_after(30):
-            assert process.stderr is not None
-            seen = b""
-            while b'"listening"' not in seen:
-                chunk = await process.stderr.receive_some(4096)
-                assert chunk, seen.decode()
-                seen += chunk
+        await wait_listening(process, timeout=30)
         client = await LineClient.connect(port)
         assert await client.call("get_app_state") == "Stopped"
         await client.aclose()
