@@ -10,7 +10,7 @@ import dataclasses
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -67,16 +67,18 @@ async def wait_listening(process: trio.Process, timeout: float = 60) -> bytes:
 
 
 @asynccontextmanager
-async def serve_process(*args: str) -> AsyncIterator[tuple[trio.Process, int]]:
+async def serve_process(*args: str, launcher: Sequence[str] = ()
+                        ) -> AsyncIterator[tuple[trio.Process, int]]:
     """``phdserver serve ARGS`` as a real process on a free port, yielded once it listens.
 
-    Its stderr is drained in the background (a full pipe would stop the daemon); at the end a
-    process still running is killed.
+    ``launcher`` goes before the interpreter (a command that sets something up and then execs
+    the rest of its arguments). Its stderr is drained in the background (a full pipe would stop
+    the daemon); at the end a process still running is killed.
     """
     port = free_port()
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "phdserver", "serve", "--port", str(port), "--log-format", "json",
-         *args],
+        [*launcher, sys.executable, "-m", "phdserver", "serve", "--port", str(port),
+         "--log-format", "json", *args],
         stderr=subprocess.PIPE)
     try:
         await wait_listening(process)

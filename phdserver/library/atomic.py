@@ -42,6 +42,8 @@ __all__ = [
     "remove_stale_temp_files",
 ]
 
+_FULL_BELOW_BYTES = 1 << 20
+"""Less free space than this after a failed write counts as a full disk."""
 _TEMP_MARK = ".tmp-"
 _TEMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 _NEW_FILE_MODE = 0o666  # the kernel applies the process umask, as for any ordinary file
@@ -180,10 +182,33 @@ def _write_temp(
             f.flush()
             if durable:
                 os.fsync(f.fileno())
+    except OSError as exc:
+        full = exc.errno is None and _out_of_space(directory, exc)  # before the unlink
+        _unlink_quietly(tmp)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / name)) from exc
+        raise
     except BaseException:
         _unlink_quietly(tmp)
         raise
     return tmp
+
+
+def _out_of_space(directory: Path, exc: OSError) -> bool:
+    """Whether a write failed, without an errno, because the disk is full.
+
+    numpy and astropy report a full disk in their own words and without an errno: a short write
+    ("4194304 requested and 2092000 written", leaving the filesystem with next to no room) or a
+    refused preallocation ("Not enough free space to write 33554432 bytes after offset ...",
+    leaving room, but not enough). A full disk is what the user can act on, so it is named.
+    """
+    if "space" in str(exc).lower():
+        return True
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _FULL_BELOW_BYTES
 
 
 def _reserve_then_replace(tmp: Path, path: Path) -> None:

@@ -117,7 +117,14 @@ def write_hdus(
     hdul = fits.HDUList(list(hdus))
 
     def write(f: BinaryIO) -> None:
-        hdul.writeto(f, output_verify="exception")
+        try:
+            hdul.writeto(f, output_verify="exception")
+        except AttributeError as exc:
+            # astropy (7.x) meets a failed write (a full disk) with a free-space check that
+            # itself fails with an AttributeError; the OSError underneath is the real error.
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
 
     (create_exclusive if exclusive else atomic_write)(Path(path), write)
 

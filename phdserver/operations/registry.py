@@ -12,7 +12,9 @@ Policies:
   ``scope.cancel()``, and the runner's ``finally`` blocks do their cleanup (abort the exposure,
   drop temp files) under short shielded timeouts, so a cancel takes effect within a second.
 * **Failures.** A :class:`~phdserver.errors.PhdError` from a runner fails the operation with its
-  message; any other exception fails it with "internal error" and is logged with a traceback.
+  message; an ``OSError`` (a full disk, a missing folder) fails it with the system's words and
+  the file's name; any other exception fails it with "internal error" and is logged with a
+  traceback.
   Either way the server carries on.
 * **Events.** ``OperationProgress`` on each status change, and for progress alone at most twice a
   second; ``OperationFinished`` once, at the end.
@@ -321,6 +323,11 @@ class OperationRegistry:
                     result = await runner(handle)
                 except PhdError as exc:
                     outcome = (FAILED, f"failed: {exc.message}", exc.message)
+                except OSError as exc:
+                    # A full disk or a vanished folder is the operator's to fix, not a bug.
+                    handle.log.error("operation failed on a file", error=str(exc))
+                    described = describe_os_error(exc)
+                    outcome = (FAILED, f"failed: {described}", described)
                 except Exception as exc:
                     handle.log.exception("operation crashed")
                     outcome = (FAILED, "failed: internal error", f"internal error: {exc!r}")
@@ -385,3 +392,9 @@ class OperationRegistry:
         if handle is not None:
             await handle.finished.wait()
         return self.get(op_id)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``No space left on device: /path/file`` rather than ``[Errno 28] ...`` or a repr."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{what}: {exc.filename}" if exc.filename else what

@@ -204,3 +204,43 @@ def test_remove_stale_temp_files_respects_min_age(tmp_path: Path) -> None:
 
 def test_remove_stale_temp_files_missing_directory(tmp_path: Path) -> None:
     assert remove_stale_temp_files(tmp_path / "nope") == ()
+
+
+class _Statvfs:
+    def __init__(self, free_bytes: int) -> None:
+        self.f_bavail, self.f_frsize = free_bytes // 4096, 4096
+
+
+@pytest.mark.parametrize(("message", "free_bytes"), [
+    ("4194304 requested and 2092000 written", 0),  # numpy's short write on a full disk
+    ("Not enough free space to write 33554432 bytes after offset 512", 15 << 20),
+])
+def test_a_full_disk_is_named_as_such(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      message: str, free_bytes: int) -> None:
+    target = tmp_path / "lib.fit"
+    target.write_bytes(OLD)
+    monkeypatch.setattr(atomic.os, "statvfs", lambda _: _Statvfs(free_bytes))
+
+    def write(f: BinaryIO) -> None:
+        f.write(b"part of it")
+        raise OSError(message)
+
+    with pytest.raises(OSError, match="No space left on device") as caught:
+        atomic_write(target, write)
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str(target)
+    assert str(caught.value.__cause__) == message  # what the library said is kept
+    assert target.read_bytes() == OLD
+    assert _listing(tmp_path) == ["lib.fit"]
+
+
+def test_other_write_errors_pass_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atomic.os, "statvfs", lambda _: _Statvfs(1 << 30))
+
+    def write(f: BinaryIO) -> None:
+        raise OSError("the cable came out")
+
+    with pytest.raises(OSError, match="the cable came out") as caught:
+        atomic_write(tmp_path / "lib.fit", write)
+    assert caught.value.errno is None
+    assert _listing(tmp_path) == []
