@@ -26,7 +26,7 @@ _INFO_SETTLE_S = 1.0
 """Drivers fill ``<P>INFO`` in several steps after CONNECT; wait this long for all of it."""
 
 _BARRIER_S = 2.0
-"""The longest wait for the driver's answer to ``UPLOAD_MODE`` (see :func:`_set_upload_mode`)."""
+"""The longest wait for the driver's answer to ``UPLOAD_MODE`` (see :func:`arm_device`)."""
 
 
 async def arm_device(client: IndiClient, settings: IndiSettings, camera_name: str,
@@ -75,7 +75,12 @@ async def arm_device(client: IndiClient, settings: IndiSettings, camera_name: st
             and (_positive(p, "CCD_PIXEL_SIZE") or _positive(p, "CCD_PIXEL_SIZE_X")),
             timeout_s=left() + 1,
         )
-    await _set_upload_mode(c, dev, min(_BARRIER_S, left()))
+    # The answer to UPLOAD_MODE is a barrier. After CONNECT a driver defines its properties in
+    # one burst, optional ones such as CCD_GAIN late in it (after <P>INFO in
+    # indi_simulator_ccd); it handles requests one at a time, in order, so its answer comes
+    # after the whole burst and describe_sensor then sees every property the driver has.
+    await send_switch_if_present(c, dev, "UPLOAD_MODE", "UPLOAD_CLIENT",
+                                 answer_within_s=min(_BARRIER_S, left()))
     await send_switch_if_present(c, dev, f"{s.prefix}COMPRESSION", "INDI_DISABLED", "CCD_RAW")
     await send_switch_if_present(c, dev, "CCD_TRANSFER_FORMAT", "FORMAT_FITS")
     await c.enable_blob(dev, s.blob, "Also")
@@ -114,37 +119,29 @@ def describe_sensor(client: IndiClient, settings: IndiSettings, camera_name: str
 
 
 async def send_switch_if_present(client: IndiClient, device: str, name: str,
-                                 *choices: str) -> None:
-    """Turn on the first of ``choices`` that the property has (if the property exists)."""
+                                 *choices: str, answer_within_s: float | None = None) -> None:
+    """Turn on the first of ``choices`` that the property has (if the property exists).
+
+    With ``answer_within_s``, wait that long at most for the driver's answer (a
+    ``set*Vector`` of the property); a driver that does not answer is not an error.
+    """
     prop = client.property(device, name)
     if prop is None:
         return
-    for choice in choices:
-        if choice in prop.elements:
-            await client.send_new_switch(device, name, {choice: True})
-            return
-
-
-async def _set_upload_mode(client: IndiClient, device: str, timeout_s: float) -> None:
-    """Ask for ``UPLOAD_CLIENT`` and wait for the driver's answer.
-
-    The answer doubles as a barrier. After CONNECT a driver defines its properties in one burst,
-    and optional ones such as ``CCD_GAIN`` come late in it (after ``<P>INFO`` in
-    ``indi_simulator_ccd``). A driver handles messages one at a time, in order, so its answer
-    to this request comes after the whole burst: once it is here, :func:`describe_sensor` sees
-    every property the driver has. A driver that never answers costs ``timeout_s``, once.
-    """
-    prop = client.property(device, "UPLOAD_MODE")
-    if prop is None or "UPLOAD_CLIENT" not in prop.elements:
+    choice = next((c for c in choices if c in prop.elements), None)
+    if choice is None:
+        return
+    if answer_within_s is None:
+        await client.send_new_switch(device, name, {choice: True})
         return
 
     def answered(ev: Event) -> bool:
-        return isinstance(ev, SetVector) and ev.device == device and ev.name == "UPLOAD_MODE"
+        return isinstance(ev, SetVector) and ev.device == device and ev.name == name
 
     with client.watch(answered, device=device) as w:
-        await client.send_new_switch(device, "UPLOAD_MODE", {"UPLOAD_CLIENT": True})
+        await client.send_new_switch(device, name, {choice: True})
         with contextlib.suppress(IndiTimeout):
-            await w.wait(timeout_s=timeout_s, what=f"'{device}' to answer UPLOAD_MODE")
+            await w.wait(timeout_s=answer_within_s, what=f"'{device}' to answer {name}")
 
 
 def _positive(prop: Property, *elements: str) -> bool:
