@@ -7,6 +7,7 @@ on received lines with timeouts, never with sleeps.
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import trio
 
 from phdserver.app import App
@@ -45,6 +47,23 @@ async def running_server(config: Config, **app_kwargs: Any) -> AsyncIterator[tup
             yield app, port
         finally:
             nursery.cancel_scope.cancel()
+
+
+def unavailable(what: str, reason: str) -> None:
+    """Skip a test that needs something this machine lacks; with ``CI=true``, fail instead."""
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"{what} cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def file_bytes(path: Path) -> bytes:
+    """A file's bytes (a plain function, so async tests can read small files directly)."""
+    return path.read_bytes()
+
+
+def hidden_files(directory: Path) -> list[str]:
+    """Names starting with a dot: what an interrupted save leaves (temporary, staged files)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
 def free_port() -> int:

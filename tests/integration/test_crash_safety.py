@@ -19,7 +19,7 @@ import trio
 from astropy.io import fits
 
 from phdserver.library import read_dark_library
-from tests.support import LineClient, serve_process, wait_operation
+from tests.support import LineClient, file_bytes, hidden_files, serve_process, wait_operation
 
 OLD_EXPOSURES = [1000]
 NEW_EXPOSURES = [1000, 2000, 3000, 4000, 5000]
@@ -55,15 +55,6 @@ class CreationWatch:
         os.close(self.fd)
 
 
-def contents(path: Path) -> bytes:
-    return path.read_bytes()
-
-
-def leftovers(directory: Path) -> list[Path]:
-    """What an interrupted save leaves: hidden temporary and staged files."""
-    return sorted(p for p in directory.iterdir() if p.name.startswith("."))
-
-
 async def test_sigkill_while_saving_leaves_the_old_library_or_the_new_one(
     tmp_path: Path,
 ) -> None:
@@ -77,7 +68,7 @@ async def test_sigkill_while_saving_leaves_the_old_library_or_the_new_one(
         assert (await wait_operation(client, started["operation_id"], timeout=120))[
             "Status"] == "completed"
         path = Path((await client.call("get_dark_library_status"))["path"])
-        old = contents(path)
+        old = file_bytes(path)
 
         # 5 × 32 MiB and an fsync to save: killed once the temporary file exists, the save
         # is (almost always) still writing it.
@@ -93,10 +84,10 @@ async def test_sigkill_while_saving_leaves_the_old_library_or_the_new_one(
             watch.close()
         await client.aclose()
 
-    after = contents(path)
-    interrupted = leftovers(path.parent)
+    after = file_bytes(path)
+    interrupted = hidden_files(path.parent)
     if after == old:  # killed before the rename: the temporary file is still there
-        assert (path.parent / temporary) in interrupted
+        assert temporary in interrupted
     else:  # the save got through first: the new library is whole, nothing is left over
         assert interrupted == []
         assert read_dark_library(path).exposures == tuple(NEW_EXPOSURES)
@@ -106,8 +97,8 @@ async def test_sigkill_while_saving_leaves_the_old_library_or_the_new_one(
                 assert hdu.data.shape == (4096, 4096)
 
     async with serve_process(*serve) as (process, port):
-        assert leftovers(path.parent) == []  # swept at start-up
-        assert contents(path) == after
+        assert hidden_files(path.parent) == []  # swept at start-up
+        assert file_bytes(path) == after
         client = await LineClient.connect(port)
         await client.call("set_connected", [True])
         loaded = await client.call("load_dark_library")

@@ -315,6 +315,23 @@ class RenderStarts:
         await self.started.wait()
 
 
+async def looping_renders(app: App, client: LineClient) -> RenderStarts:
+    """Connect the camera with exposures so short that a looping frame is in flight mostly
+    while it renders; watch the renders."""
+    await client.call("set_connected", [True])
+    await client.call("set_exposure", [10])  # 10 µs at this time scale: frames are renders
+    return RenderStarts(app)
+
+
+async def stop_capture_mid_frame(app: App, client: LineClient, renders: RenderStarts) -> None:
+    """Start looping, and send ``stop_capture`` once a frame is being rendered."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(renders.next)
+        await client.call("loop")
+    await client.call("stop_capture")
+    assert app.capture.looping  # the frame in flight is not let go of yet
+
+
 async def test_a_build_right_after_stop_capture_is_not_refused(tmp_path: Path) -> None:
     """``stop_capture`` replies at once, as PHD2's does, while the frame in flight is still
     being rendered (2048² here: tens of ms in a worker thread). A build started right after the
@@ -322,15 +339,9 @@ async def test_a_build_right_after_stop_capture_is_not_refused(tmp_path: Path) -
     exposures is using it" (seen in a soak run, 3 times in ~900 stop/start pairs)."""
     async with running_server(make_config(tmp_path, width=2048, height=2048)) as (app, port):
         client = await LineClient.connect(port)
-        await client.call("set_connected", [True])
-        await client.call("set_exposure", [10])  # 10 µs at this time scale: frames are renders
-        renders = RenderStarts(app)
+        renders = await looping_renders(app, client)
         for _ in range(3):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(renders.next)
-                await client.call("loop")
-            await client.call("stop_capture")
-            assert app.capture.looping  # the frame in flight is not let go of yet
+            await stop_capture_mid_frame(app, client, renders)
             started = await client.call("start_dark_library_build",
                                         {"exposures": [1000], "frame_count": 1})
             ended = await client.call("cancel_dark_library_build",
@@ -344,15 +355,9 @@ async def test_a_single_frame_right_after_stop_capture_is_not_refused(tmp_path: 
     frame in flight instead of failing with "capture is currently active"."""
     async with running_server(make_config(tmp_path, width=2048, height=2048)) as (app, port):
         client = await LineClient.connect(port)
-        await client.call("set_connected", [True])
-        await client.call("set_exposure", [10])
-        renders = RenderStarts(app)
+        renders = await looping_renders(app, client)
         for _ in range(3):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(renders.next)
-                await client.call("loop")
-            await client.call("stop_capture")
-            assert app.capture.looping
+            await stop_capture_mid_frame(app, client, renders)
             assert await client.call("capture_single_frame") == 0
             done = await client.wait_event("SingleFrameComplete")
             assert done["Success"] is True, done

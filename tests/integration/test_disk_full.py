@@ -17,10 +17,16 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
 import trio
 
-from tests.support import LineClient, serve_process, wait_operation
+from tests.support import (
+    LineClient,
+    file_bytes,
+    hidden_files,
+    serve_process,
+    unavailable,
+    wait_operation,
+)
 
 SIZE_MIB = 80
 SERVE = ("--sim-size", "4096x4096", "--sim-time-scale", "0.005")
@@ -28,21 +34,10 @@ SERVE = ("--sim-size", "4096x4096", "--sim-time-scale", "0.005")
 
 def small_disk_launcher(directory: Path, size_mib: int = SIZE_MIB) -> list[str]:
     if shutil.which("unshare") is None or os.geteuid() != 0:
-        reason = "needs root and unshare (util-linux) to mount a small tmpfs"
-        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
-            pytest.fail(f"disk-full test cannot run in CI: {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable("disk-full test", "needs root and unshare (util-linux) to mount a small tmpfs")
     mount = f"mount -t tmpfs -o size={size_mib}m tmpfs {shlex.quote(str(directory))}"
     return ["unshare", "--mount", "--propagation", "private", "--",
             "sh", "-c", f'{mount} && exec "$@"', "sh"]
-
-
-def contents(path: Path) -> bytes:
-    return path.read_bytes()
-
-
-def leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
 
 
 async def test_a_full_disk_fails_the_save_cleanly(tmp_path: Path) -> None:
@@ -62,7 +57,7 @@ async def test_a_full_disk_fails_the_save_cleanly(tmp_path: Path) -> None:
         assert done["Status"] == "completed"
         path = Path((await client.call("get_dark_library_status"))["path"])
         library = view / path.relative_to(data)
-        old = contents(library)
+        old = file_bytes(library)
         assert len(old) > 32 << 20  # one 4096² frame: the 5-frame library cannot fit
 
         started = await client.call("start_dark_library_build",
@@ -71,8 +66,8 @@ async def test_a_full_disk_fails_the_save_cleanly(tmp_path: Path) -> None:
         done = await wait_operation(client, started["operation_id"], timeout=120)
         assert done["Status"] == "failed"
         assert "No space left on device" in done["Error"]
-        assert contents(library) == old
-        assert leftovers(library.parent) == []
+        assert file_bytes(library) == old
+        assert hidden_files(library.parent) == []
 
         # Still answering, and still able to build what fits.
         assert await client.call("get_app_state") == "Stopped"
@@ -83,7 +78,7 @@ async def test_a_full_disk_fails_the_save_cleanly(tmp_path: Path) -> None:
                                     {"exposures": [2000], "frame_count": 1})
         done = await wait_operation(client, started["operation_id"], timeout=120)
         assert done["Status"] == "completed"
-        assert contents(library) != old
+        assert file_bytes(library) != old
         await client.aclose()
 
 
