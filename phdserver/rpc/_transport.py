@@ -88,13 +88,8 @@ class _Outbox:
 
     def put(self, data: bytes) -> None:
         """Write ``data`` now if the connection is idle, else queue it for the writer task."""
-        if not self.chunks and not self.writing:
-            data = self._write_now(data)
-            if not data:
-                return
-        self.chunks.append(data)
-        self.size += len(data)
-        self.wakeup.set()
+        self.hold(data)
+        self.flush()
 
     def hold(self, data: bytes) -> None:
         """Queue ``data`` for :meth:`flush` (replies to the rest of a chunk of requests)."""
@@ -102,7 +97,7 @@ class _Outbox:
         self.size += len(data)
 
     def flush(self) -> None:
-        """Write what :meth:`hold` queued now if the connection is idle, else wake the writer."""
+        """Write what is queued now if the connection is idle, else wake the writer."""
         if not self.chunks:
             return
         if not self.writing and not self.closed:
