@@ -32,15 +32,15 @@ from astropy.io import fits
 
 from phdserver.imaging.calibration import MasterTerms, calibrate, calibrate_fits16
 from phdserver.imaging.calibration import warm_up as warm_up_kernel
-from phdserver.library.calibration_batch import (
+from phdserver.library.masters_db import MastersDB
+from phdserver.pipeline.calibration_batch import (
     BatchPlan,
     FrameStatus,
     calibrate_frame,
     plan_with_library,
     run_batch,
 )
-from phdserver.library.calibration_io import read_light
-from phdserver.library.masters_db import MastersDB
+from phdserver.pipeline.calibration_io import read_light
 
 MIB = 1024 * 1024
 

@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from phdserver.errors import InvalidParams, Refused
-from phdserver.library.calibration_batch import run_batch
-from phdserver.library.calibration_io import DEFAULT_SUFFIX
 from phdserver.library.fits_headers import FrameType
 from phdserver.library.masters_db import ImportStatus, UnknownMaster
 from phdserver.library.matching import MatchPolicy
@@ -43,6 +41,8 @@ from phdserver.operations.light_calibration import (
     run_light_calibration,
 )
 from phdserver.operations.registry import OperationHandle
+from phdserver.pipeline.calibration_batch import run_batch
+from phdserver.pipeline.calibration_io import DEFAULT_SUFFIX
 
 from ._params import Param
 from ._registry import rpc_method

@@ -11,7 +11,7 @@ so a light costs one subtract-and-convert and one multiply (:func:`calibrate`; 3
 66 ms for 4096² in calibration.md's measurement), or, for a light as a FITS file stores it
 (big-endian 16-bit with ``BZERO``), a single numba pass that also does the byte swaps
 (:func:`calibrate_fits16`, about 10 ms). No I/O and no trio here; the FITS side lives in
-``phdserver.library.calibration_io``.
+``phdserver.pipeline.calibration_io``.
 
 **Bias in darks.** A master dark includes the bias unless the caller says otherwise
 (``dark_includes_bias=False``, from the dark's header). With a dark of the light's own exposure

@@ -1,5 +1,6 @@
 """Calibration files on disk: PHD2's dark library and defect map, written atomically, and the
-master-frame library (a SQLite index, matching, batch light calibration).
+master-frame library (a SQLite index, matching, FITS headers). The night's batch steps that
+use these files (light calibration, organising, culling, ...) live in ``phdserver.pipeline``.
 
 This package does file I/O only (FITS through astropy, PHD2's defect-map text); the imaging
 algorithms that produce the data live in ``phdserver.imaging``. Every function is synchronous
@@ -15,15 +16,6 @@ from phdserver.library.atomic import (
     create_exclusive,
     remove_stale_temp_files,
 )
-from phdserver.library.calibration_batch import (
-    BatchPlan,
-    BatchProgress,
-    BatchReport,
-    find_lights,
-    plan_with_library,
-    run_batch,
-)
-from phdserver.library.calibration_io import write_calibrated
 from phdserver.library.dark_library import (
     INCOMPATIBLE_FORMATS_MESSAGE,
     LIBRARY_MISMATCH_MESSAGE,
@@ -67,9 +59,6 @@ __all__ = [
     "LIBRARY_MISMATCH_MESSAGE",
     "MAX_NOTE_LENGTH",
     "AmbiguousMatch",
-    "BatchPlan",
-    "BatchProgress",
-    "BatchReport",
     "CalibrationPaths",
     "DarkFrame",
     "DarkLibrary",
@@ -89,20 +78,16 @@ __all__ = [
     "compatibility_problem",
     "create_exclusive",
     "defect_map_compatibility_problem",
-    "find_lights",
     "fits_text",
     "format_defect_map",
     "match_masters",
     "open_fits",
     "parse_defect_map",
-    "plan_with_library",
     "read_dark_library",
     "read_defect_map",
     "read_frame_metadata",
     "read_master_frame",
     "remove_stale_temp_files",
-    "run_batch",
-    "write_calibrated",
     "write_dark_library",
     "write_defect_map",
     "write_hdus",

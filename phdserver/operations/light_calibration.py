@@ -46,7 +46,16 @@ from typing import Any
 import trio
 
 from phdserver.errors import LibraryError
-from phdserver.library.calibration_batch import (
+from phdserver.library.fits_headers import FrameType, metadata_from_header
+from phdserver.library.masters_db import (
+    DB_FILE_NAME,
+    ImportOutcome,
+    MasterRecord,
+    MastersDB,
+    UnknownMaster,
+)
+from phdserver.library.matching import MatchPolicy, match_masters
+from phdserver.pipeline.calibration_batch import (
     BatchPlan,
     BatchProgress,
     BatchReport,
@@ -57,16 +66,7 @@ from phdserver.library.calibration_batch import (
     plan_with_library,
     run_batch,
 )
-from phdserver.library.calibration_io import read_light_header
-from phdserver.library.fits_headers import FrameType, metadata_from_header
-from phdserver.library.masters_db import (
-    DB_FILE_NAME,
-    ImportOutcome,
-    MasterRecord,
-    MastersDB,
-    UnknownMaster,
-)
-from phdserver.library.matching import MatchPolicy, match_masters
+from phdserver.pipeline.calibration_io import read_light_header
 
 from .registry import OperationHandle
 

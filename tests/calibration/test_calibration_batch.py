@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from phdserver.library import calibration_worker
-from phdserver.library.calibration_batch import (
+from phdserver.library.fits_headers import FrameType
+from phdserver.library.masters_db import MastersDB
+from phdserver.library.matching import MatchPolicy
+from phdserver.pipeline import calibration_worker
+from phdserver.pipeline.calibration_batch import (
     BatchProgress,
     FrameStatus,
     find_lights,
@@ -22,10 +25,7 @@ from phdserver.library.calibration_batch import (
     plan_with_library,
     run_batch,
 )
-from phdserver.library.calibration_io import output_path_for
-from phdserver.library.fits_headers import FrameType
-from phdserver.library.masters_db import MastersDB
-from phdserver.library.matching import MatchPolicy
+from phdserver.pipeline.calibration_io import output_path_for
 from tests.calibration import (
     SHAPE,
     Scene,

@@ -12,7 +12,7 @@ from astropy.io import fits
 
 from phdserver.errors import LibraryError
 from phdserver.imaging.calibration import QualityFigures
-from phdserver.library.calibration_io import (
+from phdserver.pipeline.calibration_io import (
     MasterUse,
     Provenance,
     calibrated_header,

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from phdserver import cli_calibration
-from phdserver.library import calibration_io
+from phdserver.cli import calibrate as cli_calibrate
+from phdserver.pipeline import calibration_io
 from tests.calibration import Scene, make_scene, sha256, snapshot
 
 
@@ -138,4 +138,4 @@ def test_the_default_data_dir_is_the_daemons_and_errors_are_clear(tmp_path: Path
 
 
 def test_the_parser_default_suffix_is_the_librarys() -> None:
-    assert cli_calibration.DEFAULT_SUFFIX == calibration_io.DEFAULT_SUFFIX
+    assert cli_calibrate.DEFAULT_SUFFIX == calibration_io.DEFAULT_SUFFIX

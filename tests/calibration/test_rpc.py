@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-import phdserver.library.calibration_batch as calibration_batch
-from phdserver.library.calibration_batch import FrameOutcome, FrameTask
+import phdserver.pipeline.calibration_batch as calibration_batch
 from phdserver.operations import Kind
 from phdserver.operations.lifecycle import statuses
+from phdserver.pipeline.calibration_batch import FrameOutcome, FrameTask
 from tests.calibration import (
     SHAPE,
     Scene,

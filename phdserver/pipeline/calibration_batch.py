@@ -8,7 +8,7 @@ none can be made. :func:`run_batch` submits one task per light to a
 goes on) or ``cancelled``. A dry run (``dry_run=True``) submits nothing and writes nothing: each
 light is reported ``planned`` or ``skipped``.
 
-**Workers.** Each task runs :func:`~phdserver.library.calibration_worker.calibrate_frame`
+**Workers.** Each task runs :func:`~phdserver.pipeline.calibration_worker.calibrate_frame`
 (re-exported here), a module-level function of one picklable argument, so any Executor can run
 it: a :class:`~concurrent.futures.ProcessPoolExecutor` (the default, with the ``spawn`` start
 method because the daemon is multi-threaded), a thread pool, or a dask cluster. Workers cache
@@ -18,7 +18,7 @@ grouped by master set.
 **On a dask cluster** (``pip install distributed``; not a phdserver dependency)::
 
     from distributed import Client
-    from phdserver.library.calibration_batch import plan_with_library, run_batch
+    from phdserver.pipeline.calibration_batch import plan_with_library, run_batch
     from phdserver.library.masters_db import MasterRecord, MastersDB
 
     client = Client("tcp://scheduler:8786")
@@ -53,20 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from phdserver.errors import LibraryError
-from phdserver.library.calibration_io import (
-    DEFAULT_SUFFIX,
-    output_path_for,
-    read_light_header,
-)
-from phdserver.library.calibration_worker import (
-    FrameOutcome,
-    FrameStatus,
-    FrameTask,
-    MasterRef,
-    calibrate_frame,
-    clear_worker_cache,
-    existing_output_outcome,
-)
 from phdserver.library.fits_headers import (
     FITS_SUFFIXES,
     FrameMetadata,
@@ -75,6 +61,20 @@ from phdserver.library.fits_headers import (
 )
 from phdserver.library.masters_db import MasterRecord, MastersDB
 from phdserver.library.matching import AmbiguousMatch, MatchPolicy, MatchResult, match_masters
+from phdserver.pipeline.calibration_io import (
+    DEFAULT_SUFFIX,
+    output_path_for,
+    read_light_header,
+)
+from phdserver.pipeline.calibration_worker import (
+    FrameOutcome,
+    FrameStatus,
+    FrameTask,
+    MasterRef,
+    calibrate_frame,
+    clear_worker_cache,
+    existing_output_outcome,
+)
 
 __all__ = [
     "BatchPlan",

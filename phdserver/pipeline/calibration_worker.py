@@ -14,7 +14,7 @@ fails the frame ("changed on disk") instead of being used silently. The first li
 also loads the numba kernel from its cache (0.2-0.8 s).
 
 **Bands.** A light is read, calibrated and written a band of rows at a time
-(:data:`~phdserver.library.calibration_io.BAND_BYTES`, 64 rows of a 4096-wide frame): the
+(:data:`~phdserver.pipeline.calibration_io.BAND_BYTES`, 64 rows of a 4096-wide frame): the
 stored values of a band are read into a small buffer, calibrated by the fused kernel into a
 small big-endian float32 buffer, sampled for the quality figures and written, all while the
 band is in the CPU cache. The whole-frame way (a 32 MiB light array and a 64 MiB output array
@@ -45,8 +45,10 @@ from phdserver.imaging.calibration import (
     calibrate,
     calibrate_fits16,
 )
-from phdserver.library.calibration_input import LightReader, open_light, read_master
-from phdserver.library.calibration_io import (
+from phdserver.library.fits_headers import FrameType
+from phdserver.library.master_records import MasterRecord
+from phdserver.pipeline.calibration_input import LightReader, open_light, read_master
+from phdserver.pipeline.calibration_io import (
     SOFTWARE,
     MasterUse,
     Provenance,
@@ -56,8 +58,6 @@ from phdserver.library.calibration_io import (
     quality_cards,
     write_calibrated_bands,
 )
-from phdserver.library.fits_headers import FrameType
-from phdserver.library.master_records import MasterRecord
 
 __all__ = [
     "FrameOutcome",

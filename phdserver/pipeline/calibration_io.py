@@ -37,7 +37,8 @@ from phdserver import __version__
 from phdserver.errors import LibraryError
 from phdserver.imaging.calibration import QualityFigures
 from phdserver.library.atomic import atomic_write, create_exclusive
-from phdserver.library.calibration_input import (
+from phdserver.library.fits_frames import FitsCard, fits_text, open_fits
+from phdserver.pipeline.calibration_input import (
     LightImage,
     LightReader,
     open_light,
@@ -45,7 +46,6 @@ from phdserver.library.calibration_input import (
     read_light_header,
     read_master,
 )
-from phdserver.library.fits_frames import FitsCard, fits_text, open_fits
 
 __all__ = [
     "DEFAULT_SUFFIX",
