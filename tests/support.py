@@ -225,3 +225,26 @@ def with_camera_options(config: Config, **options: Any) -> Config:
     merged = {**profile.camera.options, **options}
     camera = CameraSettings(type=profile.camera.type, options=merged)
     return config.with_selected_profile(dataclasses.replace(profile, camera=camera))
+
+
+class SyncClient:
+    """One blocking TCP connection that reads CRLF lines (events included)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.buffer = b""
+
+    def read_line(self) -> bytes:
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, "server closed the connection"
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line + b"\n"
+
+    def call(self, method: str) -> Any:
+        self.sock.sendall(orjson.dumps({"method": method, "id": "x"}) + b"\r\n")
+        while True:
+            message = orjson.loads(self.read_line())
+            if isinstance(message, dict) and message.get("id") == "x":
+                return message["result"]

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from phdserver.errors import InvalidParams
 
-__all__ = ["REQUIRED", "Param", "bind"]
+__all__ = ["REQUIRED", "Param", "absolute_path", "bind"]
 
 
 class _Required:
@@ -181,3 +182,12 @@ def bind(raw: list[Any] | dict[str, Any] | None, params: Sequence[Param]) -> dic
         else:
             bound[param.keyword] = param.default
     return bound
+
+
+def absolute_path(name: str, value: str) -> Path:
+    """A path parameter: absolute, and without the NUL that no filesystem call accepts (it
+    would raise ValueError deep in a handler, an internal error instead of the client's)."""
+    if not value or "\0" in value or not Path(value).is_absolute():
+        shown = value[:80]
+        raise InvalidParams(f'invalid {name}: "{shown}" is not an absolute path', param=name)
+    return Path(value)

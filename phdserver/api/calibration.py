@@ -44,7 +44,7 @@ from phdserver.operations.registry import OperationHandle
 from phdserver.pipeline.calibration_batch import run_batch
 from phdserver.pipeline.calibration_io import DEFAULT_SUFFIX
 
-from ._params import Param
+from ._params import Param, absolute_path
 from ._registry import rpc_method
 from .operations import OPERATION_ID, active_operation, cancel_and_wait, snapshot_of_kind
 
@@ -60,13 +60,6 @@ STATUS_MEMBERS = ("total", "runnable", "done", "skipped", "failed", "cancelled",
                   "eta_s", "elapsed_s")
 
 
-def _absolute(name: str, value: str) -> Path:
-    if not value or "\0" in value or not Path(value).is_absolute():
-        shown = value[:80]
-        raise InvalidParams(f'invalid {name}: "{shown}" is not an absolute path', param=name)
-    return Path(value)
-
-
 def _path_list(name: str) -> Any:
     def check(value: list[Any]) -> tuple[Path, ...]:
         if not value:
@@ -75,7 +68,7 @@ def _path_list(name: str) -> Any:
             if not isinstance(item, str):
                 raise InvalidParams(f"invalid {name}: {item!r}, expected absolute paths "
                                     "(strings)", param=name)
-        return tuple(_absolute(name, item) for item in value)
+        return tuple(absolute_path(name, item) for item in value)
 
     return check
 
@@ -121,7 +114,7 @@ class CalibrationMethods:
         Param(name="inputs", type="array", check=_path_list("inputs"),
               description="absolute paths of lights, or of directories of lights"),
         Param(name="output_dir", type="string", default=None, nullable=True,
-              check=lambda v: _absolute("output_dir", v),
+              check=lambda v: absolute_path("output_dir", v),
               description="where outputs go; null: beside each light"),
         Param(name="suffix", type="string", default=DEFAULT_SUFFIX,
               max_length=MAX_SUFFIX_LENGTH, check=_suffix,
@@ -239,7 +232,7 @@ class CalibrationMethods:
 
     @rpc_method(
         "match_calibration_masters",
-        Param(name="light", type="string", check=lambda v: _absolute("light", v),
+        Param(name="light", type="string", check=lambda v: absolute_path("light", v),
               description="absolute path of a light"),
         *POLICY_PARAMS,
     )

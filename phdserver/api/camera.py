@@ -12,7 +12,7 @@ from phdserver.cameras.base import Frame, Subframe
 from phdserver.errors import InvalidParams, PhdError, Refused
 from phdserver.library.fits_frames import write_master_frame
 
-from ._params import Param
+from ._params import Param, absolute_path
 from ._registry import rpc_method
 
 if TYPE_CHECKING:
@@ -35,13 +35,6 @@ def _subframe(value: list[Any]) -> list[int]:
         return _roi(value)
     except InvalidParams as exc:
         raise InvalidParams(exc.message.replace("roi", "subframe"), param="subframe") from None
-
-
-def _absolute_path(value: str) -> Path:
-    path = Path(value)
-    if not path.is_absolute():
-        raise InvalidParams(f'invalid path: "{value}" is not an absolute path', param="path")
-    return path
 
 
 class CameraMethods:
@@ -132,7 +125,7 @@ class CameraMethods:
         Param(name="binning", type="integer", default=None, minimum=1, maximum=4),
         Param(name="gain", type="integer", default=None, minimum=0, maximum=100),
         Param(name="subframe", type="array", default=None, check=_subframe),
-        Param(name="path", type="string", default=None, check=_absolute_path),
+        Param(name="path", type="string", default=None, check=lambda v: absolute_path("path", v)),
         Param(name="save", type="boolean", default=None),
     )
     async def capture_single_frame(self, exposure_ms: int | None, binning: int | None,

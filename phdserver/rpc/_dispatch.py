@@ -27,6 +27,7 @@ from ._codec import (
     METHOD_NOT_FOUND,
     Batch,
     InvalidMessage,
+    RefusedRequest,
     Request,
     encode_batch,
     encode_error,
@@ -53,15 +54,18 @@ class Dispatcher:
     def method_names(self) -> frozenset[str]:
         return frozenset(self._methods)
 
-    def start(self, message: Request | InvalidMessage) -> Reply | Awaitable[Reply]:
+    def start(self, message: Request | InvalidMessage | RefusedRequest) -> Reply | Awaitable[Reply]:
         """Run one request as far as it goes without waiting.
 
         Returns the encoded reply (or None), or an awaitable that produces it when the handler
         has to wait. Never raises except ``BaseException``.
         """
-        if type(message) is InvalidMessage:
-            return encode_error(message.code, message.message, None)
-        assert type(message) is Request
+        kind = type(message)
+        if kind is InvalidMessage:
+            return encode_error(message.code, message.message)
+        if kind is RefusedRequest:
+            return encode_error(message.code, message.message, message.id)
+        assert kind is Request
         handler = self._methods.get(message.method)
         if handler is None:
             if not message.has_id:
@@ -74,14 +78,14 @@ class Dispatcher:
             self._log_done(message, started, error=exc.code)
             return encode_error(exc.code, exc.message, message.id) if message.has_id else None
         except Exception:
-            self._log.exception("handler failed", method=message.method, req_id=message.id)
+            self._log.exception("handler failed", method=message.method, req_id=message.id.decode())
             return self._internal_error(message)
         if inspect.isawaitable(outcome):
             return self._finish(message, outcome, started)
         self._log_done(message, started)
         return self._encode(message, outcome)
 
-    async def run(self, message: Request | InvalidMessage | Batch) -> Reply:
+    async def run(self, message: Request | InvalidMessage | RefusedRequest | Batch) -> Reply:
         """Run a message to completion (batches element by element, in order)."""
         if type(message) is Batch:
             replies: list[bytes] = []
@@ -105,7 +109,7 @@ class Dispatcher:
             self._log_done(message, started, error=exc.code)
             return encode_error(exc.code, exc.message, message.id) if message.has_id else None
         except Exception:
-            self._log.exception("handler failed", method=message.method, req_id=message.id)
+            self._log.exception("handler failed", method=message.method, req_id=message.id.decode())
             return self._internal_error(message)
         self._log_done(message, started)
         return self._encode(message, result)
@@ -129,7 +133,7 @@ class Dispatcher:
         self._log.debug(
             "request",
             method=message.method,
-            req_id=message.id,
+            req_id=message.id.decode(),
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             error=error,
         )

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phdserver.rpc import OVERSIZE, Batch, InvalidMessage, LineSplitter, Request, decode_line
-from phdserver.rpc._codec import encode_error, encode_result
+from phdserver.rpc._codec import (
+    MAX_BATCH,
+    MAX_ID_DEPTH,
+    RefusedRequest,
+    dumps,
+    encode_error,
+    encode_result,
+)
 
 
 def feed_all(splitter: LineSplitter, chunks: list[bytes]) -> list[object]:
@@ -77,13 +84,22 @@ def test_splitting_does_not_depend_on_chunk_boundaries(lines: list[bytes],
 
 # -- codec ---------------------------------------------------------------------------------
 def test_request_forms() -> None:
-    assert decode_line(b'{"method":"loop","id":1}') == Request("loop", None, 1, True)
-    assert decode_line(b'{"method":"loop"}') == Request("loop", None, None, False)
-    assert decode_line(b'{"method":"loop","id":null}') == Request("loop", None, None, True)
+    assert decode_line(b'{"method":"loop","id":1}') == Request("loop", None, b"1", True)
+    assert decode_line(b'{"method":"loop"}') == Request("loop", None, b"null", False)
+    assert decode_line(b'{"method":"loop","id":null}') == Request("loop", None, b"null", True)
     assert decode_line(b'{"jsonrpc":"1.0","method":"m","params":[1],"id":"g"}') == Request(
-        "m", [1], "g", True)
-    assert decode_line(b'{"method":"m","params":{"a":1},"id":{"a":1}}') == Request(
-        "m", {"a": 1}, {"a": 1}, True)
+        "m", [1], b'"g"', True)
+    assert decode_line(b'{"method":"m","params":{"a":1},"id":{"a": 1.50}}') == Request(
+        "m", {"a": 1}, b'{"a":1.50}', True)
+
+
+@pytest.mark.parametrize("text", [b"1e400", b"-1.7976931348623157e309", b"123456789.123456789",
+                                  b"1e-400", b"-0", b"0", b"-0.0", b"1E5", b"2.50", b"%d" % 2**80,
+                                  b"[1.0,{\"a\":-0}]", b'"\\ud800"', b'"a\\u0000b"'])
+def test_ids_are_echoed_as_written(text: bytes) -> None:
+    request = decode_line(b'{"method":"m","id":%s}' % text)
+    assert isinstance(request, Request)
+    assert encode_result(0, request.id) == b'{"jsonrpc":"2.0","result":0,"id":%s}' % text
 
 
 @pytest.mark.parametrize(
@@ -115,18 +131,39 @@ def test_parse_error_message_is_phd2_style() -> None:
 def test_batches() -> None:
     batch = decode_line(b'[{"method":"a","id":1},{"method":"b"},5]')
     assert isinstance(batch, Batch)
-    assert batch.items[0] == Request("a", None, 1, True)
-    assert batch.items[1] == Request("b", None, None, False)
+    assert batch.items[0] == Request("a", None, b"1", True)
+    assert batch.items[1] == Request("b", None, b"null", False)
     assert isinstance(batch.items[2], InvalidMessage)
     assert decode_line(b"[]") == Batch(())
 
 
-def test_big_integer_ids_round_trip() -> None:
-    big = 2**80
-    request = decode_line(b'{"method":"m","id":%d}' % big)
+def test_a_batch_over_the_limit_is_refused_request_by_request() -> None:
+    items = [b'{"method":"a","id":%d}' % i for i in range(MAX_BATCH + 1)] + [b'{"method":"n"}']
+    batch = decode_line(b"[" + b",".join(items) + b"]")
+    assert isinstance(batch, Batch)
+    refused = batch.items[:-1]
+    assert [item.id for item in refused] == [b"%d" % i for i in range(MAX_BATCH + 1)]
+    assert all(isinstance(item, RefusedRequest) and item.code == -32600 for item in refused)
+    assert batch.items[-1] == Request("n", None, b"null", False)
+    whole = decode_line(b"[" + b",".join(items[:MAX_BATCH]) + b"]")
+    assert isinstance(whole, Batch)
+    assert all(isinstance(item, Request) for item in whole.items)
+
+
+def test_an_id_nested_past_the_limit_is_invalid() -> None:
+    deep = b"[" * (MAX_ID_DEPTH + 1) + b"]" * (MAX_ID_DEPTH + 1)
+    assert decode_line(b'{"method":"m","id":%s}' % deep) == InvalidMessage(
+        -32600, f"invalid request - id nested deeper than {MAX_ID_DEPTH} levels")
+    ok = b"[" * MAX_ID_DEPTH + b"]" * MAX_ID_DEPTH
+    request = decode_line(b'{"method":"m","id":%s}' % ok)
     assert isinstance(request, Request)
-    assert request.id == big
-    assert json.loads(encode_result(0, request.id)) == {"jsonrpc": "2.0", "result": 0, "id": big}
+    assert request.id == ok
+
+
+def test_lone_surrogates_and_huge_integers_serialise() -> None:
+    assert dumps("\ud800x") == b'"\\ufffdx"'
+    assert dumps({"a": [2**80, "\udfff"]}) == b'{"a":[%d,"\\ufffd"]}' % 2**80
+    assert orjson.loads(encode_error(1, "bad \ud800"))["error"]["message"] == "bad \ufffd"
 
 
 def test_nan_and_bad_utf8_are_parse_errors() -> None:
@@ -138,9 +175,9 @@ def test_nan_and_bad_utf8_are_parse_errors() -> None:
 
 
 def test_encoded_replies_are_exact() -> None:
-    assert encode_result(0, 1) == b'{"jsonrpc":"2.0","result":0,"id":1}'
-    assert encode_result("Stopped", "g") == b'{"jsonrpc":"2.0","result":"Stopped","id":"g"}'
-    assert encode_error(-32601, "method not found", 62) == (
+    assert encode_result(0, b"1") == b'{"jsonrpc":"2.0","result":0,"id":1}'
+    assert encode_result("Stopped", b'"g"') == b'{"jsonrpc":"2.0","result":"Stopped","id":"g"}'
+    assert encode_error(-32601, "method not found", b"62") == (
         b'{"jsonrpc":"2.0","error":{"code":-32601,"message":"method not found"},"id":62}')
 
 

@@ -9,20 +9,14 @@ client must keep working. The real method table is fuzzed too, with random param
 from __future__ import annotations
 
 import json
-import queue
-import socket
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
-import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from phdserver.app import App
-from tests.support import make_config, running_server
+from tests.support import SyncClient
 
 ALLOWED_CODES = {-32700, -32600, -32601, -32602, -32603, 1, 2}
 
@@ -95,50 +89,6 @@ METHODS = sorted({
     "load_defect_map", "clear_defect_map", "refine_defect_map", "list_operations",
     "get_operation", "cancel_operation", "set_limit_frame", "get_limit_frame",
 })
-
-
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """One daemon for every example, run by trio in a thread of its own.
-
-    Hypothesis runs each example as a new call; a server owned by a per-test trio run would
-    not outlive the first, so this one lives in its own thread and run.
-    """
-    ready: queue.Queue[tuple[int, trio.lowlevel.TrioToken, App]] = queue.Queue()
-    data_dir = tmp_path_factory.mktemp("fuzz")
-
-    async def main() -> None:
-        async with running_server(make_config(data_dir)) as (app, port):
-            ready.put((port, trio.lowlevel.current_trio_token(), app))
-            await app.shutdown_requested.wait()
-
-    thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
-    thread.start()
-    port, token, app = ready.get(timeout=30)
-    yield port
-    token.run_sync_soon(app.shutdown_requested.set)
-    thread.join(timeout=30)
-
-
-class SyncClient:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-        self.buffer = b""
-
-    def read_line(self) -> bytes:
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            assert chunk, "server closed the connection"
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return line + b"\n"
-
-    def call(self, method: str) -> Any:
-        self.sock.sendall(orjson.dumps({"method": method, "id": "x"}) + b"\r\n")
-        while True:
-            message = orjson.loads(self.read_line())
-            if isinstance(message, dict) and message.get("id") == "x":
-                return message["result"]
 
 
 @settings(max_examples=200, deadline=None,
