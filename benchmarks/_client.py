@@ -188,21 +188,24 @@ class LineSocket:
 
 
 class PollingClient:
-    """One polling client: a non-blocking socket with at most one request outstanding."""
+    """One polling client: a non-blocking socket with at most one request outstanding, asking
+    ``methods`` in turn."""
 
-    __slots__ = ("buffer", "index", "number", "sent_at", "sock")
+    __slots__ = ("buffer", "index", "methods", "number", "sent_at", "sock")
 
-    def __init__(self, client: LineSocket, index: int) -> None:
+    def __init__(self, client: LineSocket, index: int,
+                 methods: tuple[str, ...] = ("get_app_state", "get_dark_library_status")) -> None:
         self.buffer = client.take_buffered()
         client.sock.setblocking(False)
         self.sock = client.sock
         self.index = index
+        self.methods = methods
         self.number = 0
         self.sent_at = 0.0
 
     def send(self) -> None:
         self.number += 1
-        poll = "get_dark_library_status" if self.number % 2 else "get_app_state"
+        poll = self.methods[self.number % len(self.methods)]
         self.sent_at = time.perf_counter()
         self.sock.send(request_line(self.number, poll))  # ~60 bytes: never a partial send
 

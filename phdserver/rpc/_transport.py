@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -215,7 +215,7 @@ class Connection:
         dispatcher = self._dispatcher
         outbox = self._outbox
         pause_bytes = self._limits.pause_bytes
-        receive_some = self._stream.receive_some
+        receive_some = _raw_receiver(self._stream)
         while True:
             data = await receive_some(_RECEIVE_SIZE)
             if not data:
@@ -268,6 +268,39 @@ class Connection:
             outbox.drained.set()
         if outbox.overflowed or not outbox.closed:
             cancel_scope.cancel()
+
+
+def _raw_receiver(stream: trio.abc.Stream) -> Callable[[int], Awaitable[bytes]]:
+    """``receive_some`` for a socket stream, without trio's stream and socket wrappers.
+
+    The same steps as ``SocketStream.receive_some`` (read if data is there, else wait until
+    the socket is readable; one scheduling point per read, so a client that floods never
+    starves the others), in one function: the wrappers' layers were about a tenth of the
+    daemon's CPU in the 50-connection benchmark (``docs/performance.md``). Reset and EOF
+    behave as the stream's: ``b""`` ends the connection, an error raises BrokenResourceError.
+    A stream that is not a socket (a test's memory stream) keeps its own ``receive_some``.
+    """
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return stream.receive_some
+    fd = sock.fileno()
+    wait_readable = trio.lowlevel.wait_readable
+    yield_once = trio.lowlevel.cancel_shielded_checkpoint
+
+    async def receive_some(max_bytes: int) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                data = os.read(fd, max_bytes)
+            except BlockingIOError:
+                await wait_readable(sock)
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
+            await yield_once()
+            return data
+
+    return receive_some
 
 
 class Connections:

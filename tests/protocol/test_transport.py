@@ -7,16 +7,19 @@ server's writes fill the kernel's buffers and the outbox takes the rest.
 
 from __future__ import annotations
 
+import io
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
 import orjson
+import structlog
 import trio
 import trio.testing
 
-from phdserver.rpc import Dispatcher, EventBus, ServerLimits, serve_event_server
+from phdserver.rpc import Dispatcher, EventBus, ServerLimits, decode_line, serve_event_server
 from phdserver.rpc.events import Alert
 
 PADDING = "x" * 2000
@@ -99,3 +102,20 @@ async def test_a_client_that_stops_reading_is_dropped_and_the_others_keep_everyt
         assert await read_lines(reader, 1) == [{"jsonrpc": "2.0", "result": "pong", "id": 1}]
         await stuck.aclose()
         await reader.aclose()
+
+
+def test_requests_are_logged_one_by_one_only_at_debug_level() -> None:
+    logged: list[dict[str, object]] = []
+
+    def keep(_logger: object, _name: str, event: dict[str, object]) -> str:
+        logged.append(event)
+        return ""
+
+    for level, expected in ((logging.INFO, 0), (logging.DEBUG, 1)):
+        logged.clear()
+        logger = structlog.wrap_logger(structlog.PrintLogger(io.StringIO()), processors=[keep],
+                                       wrapper_class=structlog.make_filtering_bound_logger(level))
+        dispatcher = Dispatcher({"ping": lambda params: "pong"}, logger)
+        request = decode_line(b'{"method":"ping","id":1}')
+        assert dispatcher.start(request) == b'{"jsonrpc":"2.0","result":"pong","id":1}'
+        assert len(logged) == expected, level
