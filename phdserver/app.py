@@ -30,6 +30,7 @@ from phdserver.operations import (
     CameraLock,
     CaptureService,
     Equipment,
+    FilePresence,
     LoadedCalibration,
     OperationRegistry,
 )
@@ -49,6 +50,7 @@ class App:
         host_name: str | None = None,
         clock: Callable[[], float] = time.time,
         logger: Any = None,
+        files: FilePresence | None = None,
     ) -> None:
         self.config = config
         self.log = logger if logger is not None else structlog.get_logger("phdserver")
@@ -58,6 +60,8 @@ class App:
         factory = camera_factory or (lambda settings: create_camera(settings, self.alert))
         self.equipment = Equipment(profile=config.selected_profile, camera_factory=factory,
                                    publish=self.publish, logger=self.log.bind(part="camera"))
+        self.files = files or FilePresence(logger=self.log.bind(part="files"))
+        """What is known about the profile's library files (status polls never stat)."""
         self.calibration = LoadedCalibration(self.publish, self.log.bind(part="calibration"))
         self.capture = CaptureService(equipment=self.equipment, lock=self.lock,
                                       calibration=self.calibration, publish=self.publish,

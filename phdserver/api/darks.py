@@ -100,7 +100,9 @@ class DarkMethods:
         context = app.build_context()
 
         async def body(handle: OperationHandle) -> dict[str, Any]:
-            return await run_dark_library_build(handle, context, request)
+            result = await run_dark_library_build(handle, context, request)
+            app.files.note(app.calibration_paths.dark_library, True)
+            return result
 
         snapshot = await start_camera_operation(app, Kind.DARK_LIBRARY, body, {
             "total_exposures": len(request.exposures_ms),
@@ -120,7 +122,7 @@ class DarkMethods:
     async def _check_existing_library(self) -> None:
         app = self._app
         path = app.calibration_paths.dark_library
-        if not path.exists():
+        if not await app.files.check(path):
             return
         try:
             library = await trio.to_thread.run_sync(read_dark_library, path)
@@ -136,8 +138,12 @@ class DarkMethods:
 
     @rpc_method("get_dark_library_status",
                 Param(name="operation_id", type="integer", default=None, minimum=1))
-    def get_dark_library_status(self, operation_id: int | None) -> dict[str, Any]:
-        """Without an id: the loaded library. With one: that build's progress."""
+    async def get_dark_library_status(self, operation_id: int | None) -> dict[str, Any]:
+        """Without an id: the loaded library. With one: that build's progress.
+
+        ``file_exists`` is what the server knows from its own writes and its last check of
+        the disk, made in a thread: a data directory that stops answering never stalls a
+        poll (docs/decisions.md)."""
         if operation_id is not None:
             return self._build_status(operation_id)
         app = self._app
@@ -152,7 +158,7 @@ class DarkMethods:
             "building": active is not None,
             "active_operation_id": None if active is None else active.id,
             "path": str(path),
-            "file_exists": path.exists(),
+            "file_exists": await app.files.poll_first(path),
         }
         if library is not None:
             status.update({
@@ -206,11 +212,11 @@ class DarkMethods:
         app = self._app
         info = app.equipment.info
         path = app.calibration_paths.dark_library
-        if not path.exists():
+        if not await app.files.check(path):
             raise Refused(f"no dark library for this profile ({path.name} does not exist)")
         await app.calibration.load_dark_library(app.calibration_paths, info,
                                                 app.profile.binning)
-        return self.get_dark_library_status(None)
+        return await self.get_dark_library_status(None)
 
     @rpc_method("clear_dark_library")
     def clear_dark_library(self) -> int:

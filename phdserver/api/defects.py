@@ -63,7 +63,9 @@ class DefectMethods:
         context = app.build_context()
 
         async def body(handle: OperationHandle) -> dict[str, Any]:
-            return await run_defect_map_build(handle, context, request)
+            result = await run_defect_map_build(handle, context, request)
+            _note_written(app)
+            return result
 
         snapshot = await start_camera_operation(app, Kind.DEFECT_MAP, body,
                                                 {"total_frames": frame_count})
@@ -101,8 +103,11 @@ class DefectMethods:
         return await cancel_and_wait(self._app, operation_id, Kind.DEFECT_MAP)
 
     @rpc_method("get_defect_map_status")
-    def get_defect_map_status(self) -> dict[str, Any]:
-        """Whether a defect map is loaded, how many pixels it lists, and where its file is."""
+    async def get_defect_map_status(self) -> dict[str, Any]:
+        """Whether a defect map is loaded, how many pixels it lists, and where its file is.
+
+        The ``*_exists`` members come from our own writes and the last check of the disk,
+        made in a thread (see ``get_dark_library_status``)."""
         app = self._app
         loaded = app.calibration.defect_map
         active = active_operation(app, Kind.DEFECT_MAP)
@@ -113,8 +118,8 @@ class DefectMethods:
             "building": active is not None,
             "active_operation_id": None if active is None else active.id,
             "path": str(paths.defect_map),
-            "file_exists": paths.defect_map.exists(),
-            "master_exists": paths.defect_master.exists(),
+            "file_exists": await app.files.poll_first(paths.defect_map),
+            "master_exists": await app.files.poll_first(paths.defect_master),
         }
         return status
 
@@ -124,11 +129,11 @@ class DefectMethods:
         app = self._app
         info = app.equipment.info
         paths = app.calibration_paths
-        if not paths.defect_map.exists():
+        if not await app.files.check(paths.defect_map):
             raise Refused(f"no defect map for this profile ({paths.defect_map.name} does not "
                           "exist)")
         await app.calibration.load_defect_map(paths, info, app.profile.binning)
-        return self.get_defect_map_status()
+        return await self.get_defect_map_status()
 
     @rpc_method("clear_defect_map")
     def clear_defect_map(self) -> int:
@@ -144,7 +149,8 @@ class DefectMethods:
         aggressiveness, without capturing (PHD2's refine dialog), then load the map."""
         app = self._app
         paths = app.calibration_paths
-        if not (paths.defect_master.exists() and paths.defect_filtered.exists()):
+        if not (await app.files.check(paths.defect_master)
+                and await app.files.check(paths.defect_filtered)):
             raise Refused("no defect map has been built for this profile: build one first")
         active = active_operation(app, Kind.DEFECT_MAP)
         if active is not None:
@@ -155,4 +161,13 @@ class DefectMethods:
                 paths.defect_master, width=context.frame_shape[1], height=context.frame_shape[0]))
         if problem is not None:
             raise Refused(problem)
-        return await refine_defect_map(context, hot_aggressiveness, cold_aggressiveness)
+        result = await refine_defect_map(context, hot_aggressiveness, cold_aggressiveness)
+        app.files.note(paths.defect_map, True)
+        return result
+
+
+def _note_written(app: App) -> None:
+    """A completed build wrote the map, its master and its filtered dark."""
+    paths = app.calibration_paths
+    for path in (paths.defect_map, paths.defect_master, paths.defect_filtered):
+        app.files.note(path, True)

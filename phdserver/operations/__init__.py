@@ -10,6 +10,7 @@ from .capture import CaptureService
 from .dark_build import DarkLibraryRequest, run_dark_library_build
 from .defect_build import DefectMapRequest, refine_defect_map, run_defect_map_build
 from .equipment import STANDARD_DURATIONS_MS, Equipment
+from .file_presence import FilePresence
 from .lifecycle import STAGES, TERMINAL, Kind
 from .loaded_calibration import LoadedCalibration
 from .registry import HISTORY_LIMIT, OperationHandle, OperationRegistry, OperationSnapshot
@@ -26,6 +27,7 @@ __all__ = [
     "DarkLibraryRequest",
     "DefectMapRequest",
     "Equipment",
+    "FilePresence",
     "Kind",
     "LoadedCalibration",
     "OperationHandle",

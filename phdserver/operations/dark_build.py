@@ -110,7 +110,7 @@ async def run_dark_library_build(
 
     library = DarkLibrary.from_frames(frames)
     path = context.paths.dark_library
-    if request.modify_existing and path.exists():
+    if request.modify_existing and await trio.to_thread.run_sync(path.exists):
         existing = await trio.to_thread.run_sync(read_dark_library, path)
         library = existing.merged_with(library).with_note(request.notes or existing.note)
 

@@ -112,13 +112,14 @@ class LoadedCalibration:
     async def auto_load(self, paths: CalibrationPaths, info: CameraInfo, binning: int, *,
                         defect_map: bool, darks: bool) -> None:
         """On connect, as PHD2: the defect map if there is one, else the dark library."""
-        if defect_map and paths.defect_map.exists():
+        exists = trio.to_thread.run_sync  # a stat may hang on a network share: never here
+        if defect_map and await exists(paths.defect_map.exists, abandon_on_cancel=True):
             try:
                 await self.load_defect_map(paths, info, binning)
                 return
             except LibraryError as exc:
                 self._log.warning("defect map not loaded", reason=exc.message)
-        if darks and paths.dark_library.exists():
+        if darks and await exists(paths.dark_library.exists, abandon_on_cancel=True):
             try:
                 await self.load_dark_library(paths, info, binning)
             except LibraryError as exc:
