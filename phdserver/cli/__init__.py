@@ -1,9 +1,10 @@
-"""Command line: ``phdserver serve | call | darks | defects | masters | calibrate |
+"""Command line: ``phdserver serve | call | darks | defects | masters | calibrate | scheduler |
 sim-controller``, one module per command group.
 
 ``serve`` runs the daemon. ``call``, ``darks`` and ``defects`` are clients of a running daemon
 and use only its public JSON-RPC API, so anything they do a script can do too. ``masters`` and
-``calibrate`` work on the library without a daemon. Each group module has ``add_parser`` and
+``calibrate`` work on the library without a daemon; ``scheduler`` on N.I.N.A.'s Target
+Scheduler database. Each group module has ``add_parser`` and
 ``run``; the modules import nothing heavy until a command runs, so every command starts fast.
 """
 
@@ -15,13 +16,14 @@ from collections.abc import Sequence
 
 from phdserver import __version__
 
-from . import calibrate, call, darks, defects, masters, serve, sim_controller
+from . import calibrate, call, darks, defects, masters, scheduler, serve, sim_controller
 from .serve import config_from_args
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 _GROUPS = {"serve": serve, "call": call, "sim-controller": sim_controller, "darks": darks,
-           "defects": defects, "masters": masters, "calibrate": calibrate}
+           "defects": defects, "masters": masters, "calibrate": calibrate,
+           "scheduler": scheduler}
 
 
 def build_parser() -> argparse.ArgumentParser:
